@@ -1,0 +1,1 @@
+"""gradpack.algorithms (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""gradpack.comm (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""gradpack.ddp (see DESIGN.md)."""
