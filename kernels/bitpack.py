@@ -1,0 +1,139 @@
+"""Packing unsigned fields of any width 1..32 bits into a dense little-endian bit stream.
+
+Bit order (the wire format of every gradpack payload): field ``i`` of width ``w``
+occupies stream bits ``[i*w, (i+1)*w)``, least significant bit first; stream bit
+``b`` is bit ``b % 8`` of byte ``b // 8``. Streams are stored as int32 words
+(little-endian), so word ``k`` holds stream bits ``[32k, 32k + 32)`` and a field
+may straddle two words. Fields are packed in groups of 32 (a group of 32 fields
+fills exactly ``w`` words), which is how the Triton kernels tile the work.
+
+This module is the torch twin; :mod:`.bitpack_triton` has the kernels.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+
+import torch
+
+from .backend import resolve
+
+assert sys.byteorder == "little", "gradpack payloads assume a little-endian host"
+
+MAX_WIDTH = 32
+_M32 = 0xFFFFFFFF
+
+
+def check_width(width: int) -> int:
+    if not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"field width must be an int in [1, {MAX_WIDTH}], got {width!r}")
+    return width
+
+
+def words_for(nfields: int, width: int) -> int:
+    """int32 words holding ``nfields`` fields of ``width`` bits."""
+    return (nfields * width + 31) // 32
+
+
+@lru_cache(maxsize=64)
+def _shift_table(width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each word p of a 32-field group and field j: shift of field j into word p, and
+    whether field j has any bit in word p. Shapes [width, 32]."""
+    j = torch.arange(32, device=device)
+    p = torch.arange(width, device=device)[:, None]
+    shift = j * width - 32 * p
+    touches = (shift > -width) & (shift < 32)
+    return shift, touches
+
+
+def pack_words(codes: torch.Tensor, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pack integer ``codes`` (each in ``[0, 2**width)``) into int32 words.
+
+    ``out`` (int32, ``words_for(n, width)`` elements) is filled when given.
+    """
+    check_width(width)
+    n = codes.numel()
+    nwords = words_for(n, width)
+    if out is None:
+        out = torch.empty(nwords, dtype=torch.int32, device=codes.device)
+    groups = (n + 31) // 32
+    c = torch.zeros(groups * 32, dtype=torch.int64, device=codes.device)
+    c[:n] = codes.reshape(-1)
+    c = c.view(groups, 32)
+    if width == 1:
+        words = (c << torch.arange(32, device=c.device)).sum(1, keepdim=True)
+    else:
+        shift, touches = _shift_table(width, c.device)
+        # [groups, width, 32] contributions of field j to word p; fields never overlap,
+        # so the sum is their bitwise OR
+        cc = c[:, None, :]
+        left = (cc << shift.clamp(0, 63)) & _M32
+        right = cc >> (-shift).clamp(0, 63)
+        words = torch.where(touches, torch.where(shift >= 0, left, right), 0).sum(2)
+    words = words.reshape(-1)[:nwords]
+    out.copy_(words - ((words >> 31) << 32))  # uint32 -> int32 two's complement
+    return out
+
+
+def unpack_fields(
+    words: torch.Tensor, n: int, width: int, first: int = 0, nwords: int | None = None
+) -> torch.Tensor:
+    """Fields ``first .. first+n-1`` (int64) from int32 ``words`` (``words[..., :nwords]``).
+
+    ``words`` may be [nwords] or [rows, >= nwords]; reads never leave ``words``.
+    """
+    check_width(width)
+    nwords = words.shape[-1] if nwords is None else nwords
+    bit = (torch.arange(first, first + n, device=words.device, dtype=torch.int64)) * width
+    w0 = bit >> 5
+    off = bit & 31
+    lo = words[..., :nwords].to(torch.int64) & _M32
+    w0 = w0.clamp(max=nwords - 1)
+    w1 = (w0 + 1).clamp(max=nwords - 1)
+    lo_part = lo[..., w0]
+    hi_part = torch.where(w0 + 1 < nwords, lo[..., w1], 0)
+    return (((hi_part << 32) | lo_part) >> off) & ((1 << width) - 1)
+
+
+def pack(
+    fields: torch.Tensor, width: int, *, out: torch.Tensor | None = None, backend: str = "auto"
+) -> torch.Tensor:
+    """Pack non-negative integer ``fields`` into a uint8 bit stream of
+    ``4 * words_for(n, width)`` bytes (``out``: a preallocated uint8 buffer of that size)."""
+    check_width(width)
+    n = fields.numel()
+    if n == 0:
+        raise ValueError("pack: no fields to pack")
+    nbytes = 4 * words_for(n, width)
+    if out is None:
+        out = torch.empty(nbytes, dtype=torch.uint8, device=fields.device)
+    elif out.dtype != torch.uint8 or out.numel() != nbytes or not out.is_contiguous():
+        raise ValueError(f"pack: out must be a contiguous uint8 tensor of {nbytes} bytes")
+    if fields.is_floating_point() or fields.dtype == torch.bool:
+        raise ValueError(f"pack: fields must be an integer tensor, got {fields.dtype}")
+    if resolve(backend, fields.device) == "triton":
+        from .bitpack_triton import pack_triton
+
+        pack_triton(fields.reshape(-1), width, out.view(torch.int32))
+    else:
+        pack_words(fields.reshape(-1).to(torch.int64), width, out=out.view(torch.int32))
+    return out
+
+
+def unpack(payload: torch.Tensor, n: int, width: int, *, backend: str = "auto") -> torch.Tensor:
+    """Inverse of :func:`pack`: ``n`` fields as int64."""
+    check_width(width)
+    nbytes = 4 * words_for(n, width)
+    if payload.dtype != torch.uint8 or payload.dim() != 1:
+        raise ValueError(f"unpack: payload must be a 1-D uint8 tensor, got {payload.dtype}")
+    if payload.numel() != nbytes:
+        raise ValueError(
+            f"unpack: payload has {payload.numel()} bytes, {n} fields of {width} bits need {nbytes}"
+        )
+    words = payload.view(torch.int32)
+    if resolve(backend, payload.device) == "triton":
+        from .bitpack_triton import unpack_triton
+
+        return unpack_triton(words, n, width)
+    return unpack_fields(words, n, width)

@@ -1,0 +1,127 @@
+"""The elementwise prologue and epilogue that error-feedback algorithms fuse into a
+compressor's encode kernel (DESIGN.md, "the data path").
+
+Per coordinate, with the compressor ``C`` in the middle::
+
+    src = grad                                   (any float dtype, read as fp32)
+    momentum >= 1:  v <- (1 - eta) * v + eta * src ;  src = v     (EF21-SGDM, eq. of seed 003)
+    momentum == 2:  u <- (1 - eta) * u + eta * v   ;  src = u     (EF21-SGD2M)
+    residual "none":  r = src
+             "sub":   r = src - h                 (EF21 family: h = g_i;  DORE: h = h_i)
+             "error": r = h + gamma * src         (EF14: h = e_i, gamma the step size)
+    c = C(r)                                      (written packed into the payload)
+    update "none"
+           "add":   h <- h + beta * c             (EF21: beta = 1;  DORE: beta = alpha)
+           "error": h <- r - c                    (EF14: the new error e_i)
+
+State tensors (``v``, ``u``, ``h``) are float32 and updated in place. Every backend
+evaluates exactly this sequence of fp32 operations, one rounding each, without
+contraction into fused multiply-adds, so the Triton kernels and their torch twins
+agree bit for bit. :func:`prologue` and :func:`epilogue` are the torch twin of the
+fused code and the reference every compressor's unfused path uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RESIDUALS = ("none", "sub", "error")
+UPDATES = ("none", "add", "error")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    momentum: int = 0
+    eta: float = 1.0
+    residual: str = "none"
+    gamma: float = 1.0
+    update: str = "none"
+    beta: float = 1.0
+
+    def __post_init__(self):
+        if self.momentum not in (0, 1, 2):
+            raise ValueError(f"Fusion.momentum must be 0, 1 or 2, got {self.momentum}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"Fusion.residual must be one of {RESIDUALS}, got {self.residual!r}")
+        if self.update not in UPDATES:
+            raise ValueError(f"Fusion.update must be one of {UPDATES}, got {self.update!r}")
+        if self.momentum and not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"Fusion.eta must be in (0, 1], got {self.eta}")
+
+    @property
+    def needs_h(self) -> bool:
+        return self.residual != "none" or self.update != "none"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.momentum == 0 and not self.needs_h
+
+    def state_names(self) -> tuple[str, ...]:
+        names = ("v", "u")[: self.momentum]
+        return names + (("h",) if self.needs_h else ())
+
+
+PLAIN = Fusion()
+
+
+def check_state(fusion: Fusion, grad: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+    """Validate the state tensors a fused step will read and write in place."""
+    for name in fusion.state_names():
+        t = state.get(name)
+        if t is None:
+            raise ValueError(f"fused step needs state tensor {name!r} (fusion {fusion})")
+        if t.dtype != torch.float32:
+            raise ValueError(f"state {name!r} must be float32, got {t.dtype}")
+        if t.numel() != grad.numel() or t.device != grad.device:
+            raise ValueError(
+                f"state {name!r} has {t.numel()} elements on {t.device}; "
+                f"gradient has {grad.numel()} on {grad.device}"
+            )
+        if not t.is_contiguous():
+            raise ValueError(f"state {name!r} must be contiguous (it is updated in place)")
+
+
+def _fp32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def momentum_terms(fusion: Fusion) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1 - eta, eta)`` as fp32 scalars, rounded once, as the kernels receive them."""
+    return _fp32(1.0 - fusion.eta), _fp32(fusion.eta)
+
+
+def prologue(
+    fusion: Fusion, grad: torch.Tensor, state: dict[str, torch.Tensor], *, write: bool
+) -> torch.Tensor:
+    """The residual ``r`` (a new fp32 tensor). With ``write`` the momenta are updated in place."""
+    src = grad.reshape(-1).to(torch.float32)
+    if fusion.momentum:
+        keep, take = momentum_terms(fusion)
+        v = state["v"].view(-1)
+        v_new = v * keep + src * take
+        src = v_new
+        if fusion.momentum == 2:
+            u = state["u"].view(-1)
+            src = u * keep + v_new * take
+            if write:
+                u.copy_(src)
+        if write:
+            v.copy_(v_new)
+    if fusion.residual == "sub":
+        return src - state["h"].view(-1)
+    if fusion.residual == "error":
+        return state["h"].view(-1) + src * _fp32(fusion.gamma)
+    return src if src is not grad else src.clone()
+
+
+def epilogue(
+    fusion: Fusion, r: torch.Tensor, c: torch.Tensor, state: dict[str, torch.Tensor]
+) -> None:
+    """Update ``h`` in place from the residual ``r`` and its compression ``c`` (both fp32)."""
+    if fusion.update == "add":
+        h = state["h"].view(-1)
+        h.add_(c * _fp32(fusion.beta))
+    elif fusion.update == "error":
+        torch.sub(r, c, out=state["h"].view(-1))

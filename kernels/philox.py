@@ -1,0 +1,88 @@
+"""Torch twin of Triton's counter-based Philox 4x32-10 (``tl.randint4x``, ``tl.randint``,
+``tl.rand``).
+
+For the same ``(seed, offsets)`` these return exactly the numbers Triton's kernels
+draw, bit for bit, so a stochastic compressor gives identical payloads on both
+backends. All arithmetic is done on int64 tensors holding uint32 values; the 32x32
+multiply is split in 16-bit halves so nothing overflows int64.
+
+Seeds are 64-bit keys in ``[0, 2**63)``; offsets are non-negative element counters.
+No global RNG is read or advanced.
+"""
+
+from __future__ import annotations
+
+import torch
+
+N_ROUNDS = 10
+_KEY_A = 0x9E3779B9
+_KEY_B = 0xBB67AE85
+_ROUND_A = 0xD2511F53
+_ROUND_B = 0xCD9E8D57
+_M32 = 0xFFFFFFFF
+# (2**23 - 1) / 2**23 * 2**-31 in fp32: Triton's uint_to_uniform_float scale
+_UNIFORM_SCALE = torch.tensor(4.6566127342e-10, dtype=torch.float32)
+
+SEED_MAX = 2**63
+
+
+def check_seed(seed: int) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < SEED_MAX:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def _mul_hilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of the 64-bit product of uint32 constant ``a`` and ``b``."""
+    t_hi = (b >> 16) * a  # < 2**48
+    t_lo = (b & 0xFFFF) * a  # < 2**48
+    mid = t_hi + (t_lo >> 16)  # == (a*b) >> 16
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (t_lo & 0xFFFF)
+
+
+def randint4x(
+    seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four blocks of uint32 values (as int64 tensors), like ``tl.randint4x(seed, offsets)``."""
+    check_seed(seed)
+    offsets = offsets.to(torch.int64)
+    c0 = offsets & _M32
+    c1 = (offsets >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0 = seed & _M32
+    k1 = (seed >> 32) & _M32
+    for _ in range(n_rounds):
+        hi_b, lo_b = _mul_hilo(_ROUND_B, c2)
+        hi_a, lo_a = _mul_hilo(_ROUND_A, c0)
+        c0 = hi_b ^ c1 ^ k0
+        c2 = hi_a ^ c3 ^ k1
+        c1 = lo_b
+        c3 = lo_a
+        k0 = (k0 + _KEY_A) & _M32
+        k1 = (k1 + _KEY_B) & _M32
+    return c0, c1, c2, c3
+
+
+def to_int32(u: torch.Tensor) -> torch.Tensor:
+    """Reinterpret uint32 values held in int64 as int32 (two's complement)."""
+    return (u - ((u >> 31) << 32)).to(torch.int32)
+
+
+def randint(seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS) -> torch.Tensor:
+    """Like ``tl.randint``: one block of random int32 values."""
+    return to_int32(randint4x(seed, offsets, n_rounds)[0])
+
+
+def uint_to_uniform(u: torch.Tensor) -> torch.Tensor:
+    """Triton's ``uint_to_uniform_float`` for uint32 values: float32 in [0, 1)."""
+    x = u - ((u >> 31) << 32)  # as signed int32, still in int64
+    x = torch.where(x < 0, -x - 1, x)
+    return x.to(torch.float32) * _UNIFORM_SCALE
+
+
+def rand(seed: int, offsets: torch.Tensor, n_rounds: int = N_ROUNDS) -> torch.Tensor:
+    """Like ``tl.rand``: float32 uniform in [0, 1), bit-identical to Triton's."""
+    return uint_to_uniform(randint4x(seed, offsets, n_rounds)[0])
