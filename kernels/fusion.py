@@ -97,6 +97,8 @@ def prologue(
 ) -> torch.Tensor:
     """The residual ``r`` (a new fp32 tensor). With ``write`` the momenta are updated in place."""
     src = grad.reshape(-1).to(torch.float32)
+    if fusion.is_identity or (fusion.momentum == 0 and fusion.residual == "none"):
+        return src.clone() if src.data_ptr() == grad.data_ptr() else src
     if fusion.momentum:
         keep, take = momentum_terms(fusion)
         v = state["v"].view(-1)
@@ -113,7 +115,7 @@ def prologue(
         return src - state["h"].view(-1)
     if fusion.residual == "error":
         return state["h"].view(-1) + src * _fp32(fusion.gamma)
-    return src if src is not grad else src.clone()
+    return src
 
 
 def epilogue(

@@ -1,0 +1,71 @@
+"""Deterministic segment sums: the reduction order is part of the contract.
+
+Compressor headers (sign's mean |r|, QSGD's per-bucket norms) are sums; a different
+summation order changes the last bits, and then the packed codes. Every backend
+therefore sums a segment of ``m`` non-negative values the same way:
+
+- ``m <= CHUNK``: pad with zeros to the next power of two and add adjacent pairs,
+  level by level (``x[2i] + x[2i+1]``), down to one value;
+- ``m > CHUNK``: cut the segment into chunks of ``CHUNK`` (the last padded with
+  zeros), sum each chunk as above, and sum the chunk sums the same way, recursively.
+
+Zeros added by padding are exact, and each pairwise add rounds once, so the Triton
+kernels (:mod:`.treesum_triton`) and this torch twin agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fusion import Fusion, prologue
+
+CHUNK = 1024
+OP_NONE, OP_ABS, OP_SQUARE = 0, 1, 2
+
+
+def next_pow2(m: int) -> int:
+    return 1 << (m - 1).bit_length()
+
+
+def chunk_width(seglen: int) -> int:
+    """Tile width (a power of two) the segments are summed in."""
+    return next_pow2(seglen) if seglen <= CHUNK else CHUNK
+
+
+def _halve_to_one(x: torch.Tensor) -> torch.Tensor:
+    while x.shape[1] > 1:
+        x = x[:, 0::2] + x[:, 1::2]
+    return x[:, 0]
+
+
+def tree_sum_rows(x: torch.Tensor, seglen: int) -> torch.Tensor:
+    """Sum consecutive segments of ``seglen`` values of the 1-D tensor ``x`` (the last
+    segment may be shorter) in the documented order. Returns [ceil(len / seglen)]."""
+    d = x.numel()
+    nseg = -(-d // seglen)
+    width = chunk_width(seglen)
+    nchunk = -(-seglen // width)
+    # [nseg, nchunk * width]: each segment padded with zeros to whole chunks
+    if nseg * seglen == d and nchunk * width == seglen:
+        tiles = x.view(nseg * nchunk, width)
+    else:
+        padded = x.new_zeros(nseg, nchunk * width)
+        full = d // seglen
+        padded[:full, :seglen] = x[: full * seglen].view(full, seglen)
+        if full < nseg:
+            padded[full, : d - full * seglen] = x[full * seglen :]
+        tiles = padded.view(nseg * nchunk, width)
+    partial = _halve_to_one(tiles)
+    if nchunk == 1:
+        return partial
+    return tree_sum_rows(partial, nchunk)
+
+
+def segment_sums(
+    fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int, op: int
+) -> torch.Tensor:
+    """Tree sums of ``|r|`` (``OP_ABS``) or ``r*r`` (``OP_SQUARE``) over segments of the
+    residual ``r = prologue(x)``, without touching ``state``."""
+    r = prologue(fusion, x, state, write=False)
+    vals = r.abs_() if op == OP_ABS else r.mul_(r)
+    return tree_sum_rows(vals, seglen)

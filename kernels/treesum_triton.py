@@ -1,0 +1,56 @@
+"""Triton kernels of :mod:`.treesum` (same order of additions, bit for bit)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fusion import PLAIN, Fusion
+from .fusion_triton import fusion_args, load_residual
+from .treesum import OP_ABS, OP_NONE, OP_SQUARE, chunk_width
+
+TILE = 4096  # elements per program
+
+
+@triton.jit
+def _tree_kernel(x_ptr, v_ptr, u_ptr, h_ptr, out_ptr, d, seglen, nchunk, nrows,
+                 keep, take, gamma, beta,
+                 MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
+                 OP: tl.constexpr, G: tl.constexpr, P: tl.constexpr, LOG2P: tl.constexpr):
+    row = tl.program_id(0) * G + tl.arange(0, G)  # one row = one chunk of one segment
+    seg = row // nchunk
+    pos = (row % nchunk)[:, None] * P + tl.arange(0, P)[None, :]
+    offs = seg.to(tl.int64)[:, None] * seglen + pos
+    mask = (pos < seglen) & (offs < d) & (row < nrows)[:, None]
+    r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
+                            MOMENTUM, RESIDUAL)
+    if OP == 1:
+        r = tl.abs(r)
+    elif OP == 2:
+        r = r * r
+    r = tl.where(mask, r, 0.0)
+    for k in tl.static_range(LOG2P):
+        r = tl.sum(tl.reshape(r, [G, P >> (k + 1), 2]), axis=2)
+    tl.store(out_ptr + row, tl.reshape(r, [G]), mask=row < nrows)
+
+
+def _launch(fusion: Fusion, x, state, seglen: int, op: int) -> torch.Tensor:
+    d = x.numel()
+    nseg = triton.cdiv(d, seglen)
+    width = chunk_width(seglen)
+    nchunk = triton.cdiv(seglen, width)
+    nrows = nseg * nchunk
+    out = torch.empty(nrows, dtype=torch.float32, device=x.device)
+    g = max(1, min(TILE // width, triton.next_power_of_2(nrows)))
+    v, u, h = (state.get(k, x) for k in ("v", "u", "h"))
+    _tree_kernel[(triton.cdiv(nrows, g),)](
+        x, v, u, h, out, d, seglen, nchunk, nrows, **fusion_args(fusion),
+        OP=op, G=g, P=width, LOG2P=width.bit_length() - 1, enable_fp_fusion=False)
+    return out if nchunk == 1 else _launch(PLAIN, out, {}, nchunk, OP_NONE)
+
+
+def segment_sums_triton(fusion: Fusion, x, state, seglen: int, op: int) -> torch.Tensor:
+    """Twin of :func:`.treesum.segment_sums`."""
+    assert op in (OP_ABS, OP_SQUARE)
+    return _launch(fusion, x, state, seglen, op)
