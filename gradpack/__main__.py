@@ -1,0 +1,5 @@
+import sys
+
+from gradpack.cli import main
+
+sys.exit(main())
