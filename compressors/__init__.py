@@ -3,7 +3,7 @@
 ``from_spec(spec, backend="auto")`` builds one; see :mod:`.base` for the contract.
 """
 
-# the compressor modules register themselves on import (added as they land)
+from . import floats, qsgd, sign  # noqa: F401  (each registers its compressors)
 from .base import Compressor
 from .spec import from_spec, names
 

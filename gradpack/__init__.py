@@ -1,0 +1,13 @@
+"""gradpack: fused Triton kernels for communication-compressed data-parallel training.
+
+The layers (DESIGN.md): ``gradpack.kernels`` (Triton kernels + torch twins),
+``gradpack.compressors`` (``from_spec``), ``gradpack.comm``, ``gradpack.algorithms``,
+``gradpack.ddp``. Importing gradpack has no side effects: no device detection, no
+Triton import.
+"""
+
+__version__ = "0.1.0"
+
+from . import compressors  # noqa: E402
+
+__all__ = ["__version__", "compressors"]

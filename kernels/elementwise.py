@@ -1,0 +1,207 @@
+"""Elementwise compressors' encode and decode-and-sum: the torch twin and the dispatcher.
+
+One :class:`Format` describes each code; one encode pass (after a deterministic
+stats pass for the formats with a header) computes the residual (the fusion
+prologue), quantizes, packs and applies the fusion epilogue with ``c = C(r)``:
+
+============  ======  ===========================  =====================================
+kind          width   header (fp32)                 decoded value ``c``
+============  ======  ===========================  =====================================
+``fp32``      32      none                          ``r``
+``fp16``      16      none                          ``fp16(clamp(r, +-65504))``
+``bf16``      16      none                          ``bf16(r)``
+``sign``      1       ``s = sum|r| / d``            ``s`` if bit == 0 (``r >= 0``) else ``-s``
+``ssign``     1       ``n = sqrt(sum r^2)``         ``n`` if ``u < 1/2 + r / (2n)`` else ``-n``
+``qsgd``      1+L     ``n_b = sqrt(sum_b r^2)``     ``(-1)^neg * l * (n_b / S)``
+============  ======  ===========================  =====================================
+
+QSGD (Alistarh et al.): with ``a = |r| * (S / n_b)``, ``l = floor(a) + [u < a - floor(a)]``
+(clamped to ``S``), field = ``l | neg << L``, ``L = ceil(log2(S + 1))``. ``u`` is
+``rand(seed, element index)`` (Philox, :mod:`.philox`). A zero bucket has ``n_b = 0`` and
+decodes to zeros. Sums use :mod:`.treesum`'s fixed order; every division and square root
+is correctly rounded; every backend performs the same fp32 operations in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import philox
+from .bitpack import pack_words, unpack_fields, words_for
+from .fusion import Fusion, epilogue, prologue
+from .treesum import OP_ABS, OP_SQUARE, segment_sums, tree_sum_rows
+
+FP32, FP16, BF16, SIGN, SSIGN, QSGD = range(6)
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class Format:
+    kind: int
+    width: int
+    levels: int = 0  # QSGD's S
+    bucket: int = 0  # QSGD's B
+
+    @property
+    def packed(self) -> bool:
+        return self.kind >= SIGN
+
+    @property
+    def level_bits(self) -> int:
+        return self.width - 1
+
+    def segment(self, d: int) -> int:
+        """Length of the segments the header statistics are summed over."""
+        return min(self.bucket, d) if self.kind == QSGD else d
+
+    def header_words(self, d: int) -> int:
+        if self.kind == QSGD:
+            return -(-d // self.bucket)
+        return 1 if self.kind in (SIGN, SSIGN) else 0
+
+    def stats_op(self) -> int:
+        return OP_ABS if self.kind == SIGN else OP_SQUARE
+
+    def body_bytes(self, d: int) -> int:
+        """Bytes of header plus codes (before alignment padding)."""
+        if self.packed:
+            return 4 * (self.header_words(d) + words_for(d, self.width))
+        return d * self.width // 8
+
+
+def qsgd_format(levels: int, bucket: int) -> Format:
+    return Format(QSGD, 1 + levels.bit_length(), levels, bucket)
+
+
+def _f32(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def _div(a, b) -> torch.Tensor:
+    """Correctly rounded fp32 ``a / b`` (via fp64: exact enough that rounding once more to
+    fp32 is still correct rounding). Used on per-segment scalars only."""
+    a = a.double() if isinstance(a, torch.Tensor) else a
+    return (a / b.double()).float()
+
+
+def _sqrt(a: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded fp32 square root (torch's CPU sqrt is not, in the last bit)."""
+    return a.double().sqrt().float()
+
+
+def _per_element(values: torch.Tensor, bucket: int, d: int) -> torch.Tensor:
+    """Broadcast per-bucket ``values`` to the ``d`` elements."""
+    return values.repeat_interleave(bucket)[:d] if values.numel() > 1 else values.expand(d)
+
+
+def to_bf16(r: torch.Tensor) -> torch.Tensor:
+    """fp32 -> bf16, round to nearest even, in integer arithmetic (what the Triton kernel
+    does too, since Triton's interpreter does not round bf16 conversions correctly)."""
+    bits = r.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = torch.where(torch.isnan(r), 0x7FC0, rounded)
+    return (rounded - ((rounded >> 15) << 16)).to(torch.int16).view(torch.bfloat16)
+
+
+def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int):
+    """``(header, codes, c)`` for the residual ``r`` and its segment sums."""
+    d = r.numel()
+    neg = r < 0
+    if fmt.kind == SIGN:
+        scale = _div(sums, _f32(float(d)))
+        return scale, neg.to(torch.int64), torch.where(neg, -scale, scale)
+    norm = _sqrt(sums)
+    u = philox.rand(seed, torch.arange(d, device=r.device))
+    if fmt.kind == SSIGN:
+        half_inv = torch.where(norm > 0, _div(0.5, norm), 0.0)
+        neg = u >= 0.5 + r * half_inv
+        return norm, neg.to(torch.int64), torch.where(neg, -norm, norm)
+    levels = _f32(float(fmt.levels))
+    inv = _per_element(torch.where(norm > 0, _div(levels, norm), 0.0), fmt.bucket, d)
+    step = _per_element(_div(norm, levels), fmt.bucket, d)
+    a = r.abs() * inv
+    floor = a.floor()
+    level = torch.minimum(floor + (u < a - floor).to(torch.float32), levels)
+    c = level * step
+    codes = level.to(torch.int64) | (neg.to(torch.int64) << fmt.level_bits)
+    return norm, codes, torch.where(neg, -c, c)
+
+
+def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tensor):
+    d = x.numel()
+    r = prologue(fusion, x, state, write=True)
+    if fmt.kind == FP32:
+        c = r
+        payload[: 4 * d].view(torch.float32).copy_(r)
+    elif fmt.kind in (FP16, BF16):
+        low = r.clamp(-FP16_MAX, FP16_MAX).half() if fmt.kind == FP16 else to_bf16(r)
+        payload[: 2 * d].view(low.dtype).copy_(low)
+        c = low.float()
+    else:
+        sums = tree_sum_rows(r.abs() if fmt.kind == SIGN else r * r, fmt.segment(d))
+        header, codes, c = quantize(fmt, r, sums, seed)
+        words = payload.view(torch.int32)
+        nh = fmt.header_words(d)
+        words[:nh] = header.view(torch.int32)
+        pack_words(codes, fmt.width, out=words[nh : nh + words_for(d, fmt.width)])
+    epilogue(fusion, r, c, state)
+
+
+def decode_row_torch(fmt: Format, row: torch.Tensor, d: int) -> torch.Tensor:
+    """Dense fp32 values of one payload (``row``: uint8, trusted length)."""
+    if fmt.kind == FP32:
+        return row[: 4 * d].view(torch.float32)
+    if fmt.kind in (FP16, BF16):
+        return row[: 2 * d].view(torch.float16 if fmt.kind == FP16 else torch.bfloat16).float()
+    words = row.view(torch.int32)
+    nh = fmt.header_words(d)
+    header = words[:nh].view(torch.float32)
+    fields = unpack_fields(words[nh:], d, fmt.width, nwords=words_for(d, fmt.width))
+    if fmt.kind in (SIGN, SSIGN):
+        return torch.where(fields == 1, -header, header)
+    step = _per_element(_div(header, _f32(float(fmt.levels))), fmt.bucket, d)
+    c = (fields & ((1 << fmt.level_bits) - 1)).to(torch.float32) * step
+    return torch.where((fields >> fmt.level_bits) == 1, -c, c)
+
+
+def decode_sum_torch(fmt: Format, payloads, d: int, out, scale: float, add: bool):
+    flat = out.view(-1)
+    acc = flat if flat.dtype == torch.float32 else flat.float()
+    if not add:
+        acc.zero_()
+    for row in payloads:
+        c = decode_row_torch(fmt, row, d)
+        acc.add_(c if scale == 1.0 else c * _f32(scale))
+    if acc is not flat:
+        flat.copy_(acc)
+
+
+def encode(fmt: Format, fusion: Fusion, x, state, seed: int, payload, backend: str) -> None:
+    """Write the payload of ``C(prologue(x))`` and apply the epilogue (see module doc)."""
+    payload[fmt.body_bytes(x.numel()) :].zero_()
+    if backend == "triton":
+        from .elementwise_triton import encode_triton
+
+        sums = None
+        if fmt.packed:
+            from .treesum_triton import segment_sums_triton
+
+            sums = segment_sums_triton(fusion, x, state, fmt.segment(x.numel()), fmt.stats_op())
+        encode_triton(fmt, fusion, x, state, seed, sums, payload)
+    else:
+        encode_torch(fmt, fusion, x, state, seed, payload)
+
+
+def decode_sum(fmt: Format, payloads, d: int, out, scale: float, add: bool, backend: str):
+    if backend == "triton":
+        from .elementwise_triton import decode_sum_triton
+
+        decode_sum_triton(fmt, payloads, d, out, scale, add)
+    else:
+        decode_sum_torch(fmt, payloads, d, out, scale, add)
+
+
+__all__ = ["Format", "qsgd_format", "encode", "decode_sum", "segment_sums",
+           "FP32", "FP16", "BF16", "SIGN", "SSIGN", "QSGD"]

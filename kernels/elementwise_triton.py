@@ -1,0 +1,141 @@
+"""Triton kernels of :mod:`.elementwise`: one fused encode kernel and one
+decode-and-sum kernel for every elementwise format (``KIND`` is a constexpr)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .bitpack import words_for
+from .bitpack_triton import load_field, store_group_words
+from .elementwise import BF16, FP16, FP32, QSGD, SIGN, SSIGN, Format
+from .fusion import Fusion
+from .fusion_triton import fp32, fusion_args, load_residual, store_state
+
+GROUPS = 32  # 32-element groups per encode program
+BLOCK = 1024  # elements per decode program
+
+
+@triton.jit
+def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed,
+                   levels, bucket, keep, take, gamma, beta,
+                   MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
+                   KIND: tl.constexpr, W: tl.constexpr, G: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = (pid * G + tl.arange(0, G))[:, None] * 32 + tl.arange(0, 32)[None, :]
+    mask = offs < d
+    r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
+                            MOMENTUM, RESIDUAL)
+    neg = r < 0
+    if KIND == 0:  # fp32
+        c = r
+        tl.store(words_ptr + offs, r.to(tl.int32, bitcast=True), mask=mask)
+    elif KIND == 1 or KIND == 2:  # fp16 / bf16
+        half_ptr = words_ptr.to(tl.pointer_type(tl.int16))
+        if KIND == 1:
+            low = tl.minimum(tl.maximum(r, -65504.0), 65504.0).to(tl.float16)
+            tl.store(half_ptr + offs, low.to(tl.int16, bitcast=True), mask=mask)
+            c = low.to(tl.float32)
+        else:  # bf16: round to nearest even in integers (the interpreter's cast does not)
+            bits = r.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+            hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            hi = tl.where(r != r, 0x7FC0, hi)
+            tl.store(half_ptr + offs, hi.to(tl.int16), mask=mask)
+            c = (hi << 16).to(tl.uint32).to(tl.float32, bitcast=True)
+    else:
+        if KIND == 3:  # sign: s = sum|r| / d
+            scale = tl.math.div_rn(tl.load(sums_ptr), d_f)
+            c = tl.where(neg, -scale, scale)
+            codes = neg.to(tl.int64)
+            if pid == 0:
+                tl.store(words_ptr, scale.to(tl.int32, bitcast=True))
+        elif KIND == 4:  # ssign: n = ||r||, P(+) = 1/2 + r / (2n)
+            norm = tl.math.sqrt_rn(tl.load(sums_ptr))
+            half_inv = tl.where(norm > 0, tl.math.div_rn(0.5, tl.where(norm > 0, norm, 1.0)), 0.0)
+            rnd = tl.rand(seed, offs)
+            neg = rnd >= 0.5 + r * half_inv
+            c = tl.where(neg, -norm, norm)
+            codes = neg.to(tl.int64)
+            if pid == 0:
+                tl.store(words_ptr, norm.to(tl.int32, bitcast=True))
+        else:  # qsgd
+            b = offs // bucket
+            norm = tl.math.sqrt_rn(tl.load(sums_ptr + b, mask=mask, other=0.0))
+            inv = tl.where(norm > 0, tl.math.div_rn(levels, tl.where(norm > 0, norm, 1.0)), 0.0)
+            step = tl.math.div_rn(norm, levels)
+            a = tl.abs(r) * inv
+            floor = tl.floor(a)
+            rnd = tl.rand(seed, offs)
+            level = tl.minimum(floor + tl.where(rnd < a - floor, 1.0, 0.0), levels)
+            c = level * step
+            c = tl.where(neg, -c, c)
+            codes = level.to(tl.int64) | (neg.to(tl.int64) << (W - 1))
+            first = mask & (offs % bucket == 0)
+            tl.store(words_ptr + b, norm.to(tl.int32, bitcast=True), mask=first)
+        codes = tl.where(mask, codes, 0)
+        store_group_words(codes, words_ptr + nh, pid * G, ncw, G, W)
+    store_state(v_ptr, u_ptr, h_ptr, offs, mask, r, c, v, u, beta, MOMENTUM, UPDATE)
+
+
+@triton.jit
+def _decode_sum_kernel(words_ptr, out_ptr, n, d, row_words, nh, ncw, levels, bucket, scale,
+                       KIND: tl.constexpr, W: tl.constexpr, HAS_SCALE: tl.constexpr,
+                       ADD: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < d
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if ADD:
+        acc = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in range(n):
+        row = words_ptr + (tl.full((), 0, tl.int64) + i) * row_words
+        if KIND == 0:
+            c = tl.load(row + offs, mask=mask, other=0).to(tl.float32, bitcast=True)
+        elif KIND == 1:
+            bits = tl.load(row.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+            c = bits.to(tl.float16, bitcast=True).to(tl.float32)
+        elif KIND == 2:  # bf16 -> fp32 is a 16-bit shift (exact)
+            bits = tl.load(row.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+            c = ((bits.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+        else:
+            field = load_field(row + nh, offs.to(tl.int64), ncw, W)
+            if KIND == 5:
+                b = offs // bucket
+                norm = tl.load(row + b, mask=mask, other=0).to(tl.float32, bitcast=True)
+                level = (field & ((1 << (W - 1)) - 1)).to(tl.float32)
+                c = level * tl.math.div_rn(norm, levels)
+                c = tl.where((field >> (W - 1)) == 1, -c, c)
+            else:
+                s = tl.load(row).to(tl.float32, bitcast=True)
+                c = tl.where(field == 1, -s, s)
+        if HAS_SCALE:
+            c = c * scale
+        acc = acc + c
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _int32_words(payload: torch.Tensor) -> torch.Tensor:
+    return payload.view(torch.int32)
+
+
+def encode_triton(fmt: Format, fusion: Fusion, x, state, seed, sums, payload) -> None:
+    d = x.numel()
+    v, u, h = (state.get(k, x) for k in ("v", "u", "h"))
+    grid = (triton.cdiv(d, 32 * GROUPS),)
+    _encode_kernel[grid](
+        x, v, u, h, sums if sums is not None else x, _int32_words(payload), d, fp32(float(d)),
+        fmt.header_words(d), words_for(d, fmt.width), seed, fp32(float(fmt.levels)),
+        max(fmt.bucket, 1), **fusion_args(fusion), KIND=fmt.kind, W=fmt.width, G=GROUPS,
+        enable_fp_fusion=False)
+
+
+def decode_sum_triton(fmt: Format, payloads, d: int, out, scale: float, add: bool) -> None:
+    n, nbytes = payloads.shape
+    words = payloads.view(torch.int32)
+    _decode_sum_kernel[(triton.cdiv(d, BLOCK),)](
+        words, out.view(-1), n, d, nbytes // 4, fmt.header_words(d), words_for(d, fmt.width),
+        fp32(float(fmt.levels)), max(fmt.bucket, 1), fp32(scale), KIND=fmt.kind, W=fmt.width,
+        HAS_SCALE=scale != 1.0, ADD=add, BLOCK=BLOCK, enable_fp_fusion=False)
+
+
+assert (FP32, FP16, BF16, SIGN, SSIGN, QSGD) == (0, 1, 2, 3, 4, 5)  # the KIND codes above
