@@ -179,7 +179,9 @@ class Compressor(ABC):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{self.spec}: expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{self.spec}: input dtype must be one of {FLOAT_DTYPES}, got {x.dtype}")
+            raise ValueError(
+                f"{self.spec}: input dtype must be one of {FLOAT_DTYPES}, got {x.dtype}"
+            )
         if x.numel() == 0:
             raise ValueError(f"{self.spec}: cannot encode an empty tensor")
         self._check_numel(x.numel())

@@ -18,6 +18,15 @@ BLOCK = 1024  # elements per decode program
 
 
 @triton.jit
+def bf16_bits(x):
+    """Bits of ``x`` (fp32) rounded to bf16, nearest even, as int64 in [0, 2**16): done in
+    integers because Triton's CPU interpreter does not round bf16 casts correctly."""
+    bits = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(x != x, 0x7FC0, hi)
+
+
+@triton.jit
 def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed,
                    levels, bucket, keep, take, gamma, beta,
                    MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
@@ -37,10 +46,8 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
             low = tl.minimum(tl.maximum(r, -65504.0), 65504.0).to(tl.float16)
             tl.store(half_ptr + offs, low.to(tl.int16, bitcast=True), mask=mask)
             c = low.to(tl.float32)
-        else:  # bf16: round to nearest even in integers (the interpreter's cast does not)
-            bits = r.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-            hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            hi = tl.where(r != r, 0x7FC0, hi)
+        else:
+            hi = bf16_bits(r)
             tl.store(half_ptr + offs, hi.to(tl.int16), mask=mask)
             c = (hi << 16).to(tl.uint32).to(tl.float32, bitcast=True)
     else:
@@ -81,11 +88,14 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
 @triton.jit
 def _decode_sum_kernel(words_ptr, out_ptr, n, d, row_words, nh, ncw, levels, bucket, scale,
                        KIND: tl.constexpr, W: tl.constexpr, HAS_SCALE: tl.constexpr,
-                       ADD: tl.constexpr, BLOCK: tl.constexpr):
+                       ADD: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    if ADD:
+    if ADD and OUT_BF16:
+        bits = tl.load(out_ptr.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+        acc = ((bits.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+    elif ADD:
         acc = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     for i in range(n):
         row = words_ptr + (tl.full((), 0, tl.int64) + i) * row_words
@@ -111,7 +121,11 @@ def _decode_sum_kernel(words_ptr, out_ptr, n, d, row_words, nh, ncw, levels, buc
         if HAS_SCALE:
             c = c * scale
         acc = acc + c
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if OUT_BF16:
+        out16 = out_ptr.to(tl.pointer_type(tl.int16))
+        tl.store(out16 + offs, bf16_bits(acc).to(tl.int16), mask=mask)
+    else:
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _int32_words(payload: torch.Tensor) -> torch.Tensor:
@@ -135,7 +149,8 @@ def decode_sum_triton(fmt: Format, payloads, d: int, out, scale: float, add: boo
     _decode_sum_kernel[(triton.cdiv(d, BLOCK),)](
         words, out.view(-1), n, d, nbytes // 4, fmt.header_words(d), words_for(d, fmt.width),
         fp32(float(fmt.levels)), max(fmt.bucket, 1), fp32(scale), KIND=fmt.kind, W=fmt.width,
-        HAS_SCALE=scale != 1.0, ADD=add, BLOCK=BLOCK, enable_fp_fusion=False)
+        HAS_SCALE=scale != 1.0, ADD=add,
+        OUT_BF16=out.dtype == torch.bfloat16, BLOCK=BLOCK, enable_fp_fusion=False)
 
 
 assert (FP32, FP16, BF16, SIGN, SSIGN, QSGD) == (0, 1, 2, 3, 4, 5)  # the KIND codes above
