@@ -4,6 +4,7 @@
 """
 
 from . import floats, qsgd, sign  # noqa: F401  (each registers its compressors)
+from . import randk, topk  # noqa: F401
 from .base import Compressor
 from .spec import from_spec, names
 

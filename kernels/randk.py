@@ -1,0 +1,136 @@
+"""Random-K sparsification with shared-seed indices: the torch twin and the dispatcher
+(:mod:`.randk_triton` has the kernels).
+
+Index set: the first ``m`` *distinct* values of the Philox stream
+
+    draw_{2q} = floor(u0 * d / 2**64),  draw_{2q+1} = floor(u1 * d / 2**64),
+    (c0, c1, c2, c3) = randint4x(seed, q),  u0 = c0 * 2**32 + c1,  u1 = c2 * 2**32 + c3,
+
+in order of first appearance, where ``m = K`` (or ``m = d - K`` and the set is the
+complement, when ``K > d / 2``, so the number of draws stays below ``1.4 m``).
+The distinct values of an i.i.d. uniform sequence, in order of first appearance, are a
+uniformly random ordering of ``[0, d)``, so the set is a uniform ``K``-subset: every
+coordinate is in it with probability ``K / d`` (up to the ``2**-33`` non-uniformity
+of the 64-bit multiply-shift). The stream is counter-based, so the set does not depend
+on how many draws a backend generates, and the receiver regenerates it from the seed:
+no index bits travel. Cost ``O(K log K)``: Philox draws, one sort, no permutation of ``d``.
+
+Payload: ``K`` fp32 values in ascending index order, ``r_i * (d / K)`` (unbiased,
+``omega = d/K - 1``) or ``r_i`` (biased, ``alpha = K/d``), then zero padding.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import torch
+
+from . import philox
+from .fusion import Fusion
+from .sparse import accumulator, residual, scatter_add, sparse_epilogue
+
+
+def bounded(hi: torch.Tensor, lo: torch.Tensor, d: int) -> torch.Tensor:
+    """``floor((hi * 2**32 + lo) * d / 2**64)`` for uint32 values held in int64, exactly:
+    ``(hi * d + floor(lo * d / 2**32)) >> 32`` (every product stays below ``2**63``)."""
+    return (hi * d + ((lo * d) >> 32)) >> 32
+
+
+def draws_torch(seed: int, m: int, d: int) -> torch.Tensor:
+    """The first ``m`` draws of the stream (int64 in ``[0, d)``)."""
+    q = torch.arange((m + 1) // 2, dtype=torch.int64)
+    c0, c1, c2, c3 = philox.randint4x(seed, q)
+    return torch.stack((bounded(c0, c1, d), bounded(c2, c3, d)), 1).view(-1)[:m]
+
+
+def first_distinct(draws: torch.Tensor, m: int) -> torch.Tensor | None:
+    """The first ``m`` distinct values of ``draws`` in order of appearance, returned in
+    ascending order; ``None`` when there are fewer than ``m``."""
+    vals, perm = torch.sort(draws, stable=True)
+    first = torch.ones_like(vals, dtype=torch.bool)
+    first[1:] = vals[1:] != vals[:-1]
+    if int(first.sum()) < m:
+        return None
+    first_at = torch.zeros_like(first)
+    first_at[perm[first]] = True  # positions in the stream of first appearances
+    chosen = first_at & (torch.cumsum(first_at, 0) <= m)
+    return vals[chosen[perm]]
+
+
+def planned_draws(m: int, d: int) -> int:
+    """Draws that hold ``m`` distinct values with overwhelming probability: the coupon
+    mean ``d ln(d / (d - m))`` plus six standard deviations (variance ``<= m``)."""
+    mean = d * (math.log(d) - math.log(d - m))
+    return math.ceil(mean + 6.0 * math.sqrt(m) + 64)
+
+
+def indices(seed: int, d: int, k: int, device, backend: str) -> torch.Tensor:
+    """The ``k`` selected coordinates (int64, ascending) for ``seed``."""
+    if k == d:
+        return torch.arange(d, device=device)
+    complement = k > d - k
+    m = d - k if complement else k
+    n = planned_draws(m, d)
+    while True:
+        if backend == "triton":
+            from .randk_triton import draws_triton
+
+            draws = draws_triton(seed, n, d, device)
+        else:
+            draws = draws_torch(seed, n, d).to(device)
+        chosen = first_distinct(draws, m)
+        if chosen is not None:
+            break
+        n *= 2
+    if not complement:
+        return chosen
+    keep = torch.ones(d, dtype=torch.bool, device=device)
+    keep[chosen] = False
+    return torch.nonzero(keep).view(-1)
+
+
+def value_scale(d: int, k: int, unbiased: bool) -> float:
+    """The factor the values are sent with, rounded to fp32: ``d / K`` (unbiased) or 1."""
+    return struct.unpack("f", struct.pack("f", d / k))[0] if unbiased else 1.0
+
+
+def encode_torch(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload) -> None:
+    d = x.numel()
+    idx = indices(seed, d, k, x.device, "torch")
+    if fusion.is_identity:
+        r = None
+        vals = x[idx].to(torch.float32)
+    else:
+        r = residual(fusion, x, state)
+        vals = r[idx]
+    scale = value_scale(d, k, unbiased)
+    if scale != 1.0:
+        vals = vals * torch.tensor(scale, dtype=torch.float32)
+    payload[: 4 * k].view(torch.float32).copy_(vals)
+    payload[4 * k :].zero_()
+    if r is not None:
+        sparse_epilogue(fusion, r, idx, vals + 0.0, state)
+
+
+def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
+           backend: str) -> None:
+    """Write the Random-K payload of ``r = prologue(x)`` and apply the epilogue."""
+    if backend == "triton":
+        from .randk_triton import encode_triton
+
+        encode_triton(unbiased, k, fusion, x, state, seed, payload)
+    else:
+        encode_torch(unbiased, k, fusion, x, state, seed, payload)
+
+
+def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
+               backend: str) -> None:
+    """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order); row ``i``'s indices come from
+    ``seeds[i]``, so only the values are read from the payload."""
+    vals = payloads[:, : 4 * k].view(torch.float32)
+    acc = accumulator(out, add)
+    for i, seed in enumerate(seeds):
+        scatter_add(acc, indices(seed, d, k, payloads.device, backend), vals[i], scale, backend)
+    if acc.data_ptr() != out.data_ptr():
+        out.view(-1).copy_(acc)
