@@ -3,8 +3,7 @@
 ``from_spec(spec, backend="auto")`` builds one; see :mod:`.base` for the contract.
 """
 
-from . import floats, qsgd, sign  # noqa: F401  (each registers its compressors)
-from . import randk, topk  # noqa: F401
+from . import floats, qsgd, randk, sign, topk  # noqa: F401  (each registers its compressors)
 from .base import Compressor
 from .spec import from_spec, names
 

@@ -43,8 +43,7 @@ import torch
 
 from .bitpack import pack_words, unpack_fields, words_for
 from .fusion import Fusion
-from .sparse import (accumulator, key_image, key_to_float, residual, scatter_add,
-                     sparse_epilogue)
+from .sparse import accumulator, key_image, key_to_float, residual, scatter_add, sparse_epilogue
 
 SAMPLE = 32768  # keys in the threshold mode's strided sample
 FRACTIONS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
