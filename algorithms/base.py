@@ -131,7 +131,7 @@ class Algorithm:
 
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.hparams.items())
-        return f"{type(self).__name__}({self.compressor.spec!r}{args}, seed={self.seed})"
+        return f"from_spec({self.name!r}, {self.compressor.spec!r}{args}, seed={self.seed})"
 
     def with_seed(self, seed: int) -> Algorithm:
         """A copy drawing its compressor randomness from ``seed``."""
