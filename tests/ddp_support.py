@@ -1,0 +1,66 @@
+"""Helpers for the multi-process DDP tests: gloo workers on 127.0.0.1, results via files.
+
+Workers initialise with ``env://`` (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE), exactly as
+under ``torchrun``. Each worker returns a picklable value, saved to ``out_dir/rank{r}.pt``;
+an exception is saved as its message and type name instead, so tests can assert on the
+errors every rank raised.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, fn, world_size, port, out_dir, timeout_s, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = {"ok": True, "value": fn(rank, world_size, *args)}
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        result = {"ok": False, "type": type(e).__name__, "error": str(e),
+                  "trace": traceback.format_exc()}
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a dead peer may leave the group broken
+        pass
+
+
+def run_workers(fn, world_size: int, out_dir, *args, timeout_s: float = 30.0) -> list[dict]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo processes; return each
+    rank's ``{"ok", "value"}`` or ``{"ok": False, "type", "error", "trace"}`` (``None``
+    for a rank that wrote nothing, e.g. one that killed itself)."""
+    out_dir = str(out_dir)
+    mp.start_processes(_entry, args=(fn, world_size, free_port(), out_dir, timeout_s, args),
+                       nprocs=world_size, join=True, start_method="spawn")
+    results = []
+    for r in range(world_size):
+        path = os.path.join(out_dir, f"rank{r}.pt")
+        results.append(torch.load(path, weights_only=False) if os.path.exists(path) else None)
+    return results
+
+
+def values(results: list[dict]) -> list:
+    """The ranks' values, failing with every rank's traceback if one raised."""
+    bad = [f"rank {r}:\n{res['trace']}" for r, res in enumerate(results)
+           if res is None or not res["ok"]] if all(res is not None for res in results) else \
+        [f"rank {r} wrote nothing" for r, res in enumerate(results) if res is None]
+    if bad:
+        raise AssertionError("\n".join(bad))
+    return [res["value"] for res in results]
