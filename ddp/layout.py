@@ -95,6 +95,8 @@ class UnitTable:
         holders = {id(owner[p]): owner[p] for p in params if p in owner}
         whole = len(holders) > 0 and all(p in owner for p in params) and sum(
             len(u.params) for u in holders.values()) == len(params)
+        if whole and len(holders) == 1 and next(iter(holders.values())).params != params:
+            whole = False  # one unit in another order: reorder it once, then the fast path
         if whole:
             units = sorted(holders.values(), key=lambda u: bucket_off[u.params[0]])
             return [Piece(u, _runs([bucket_off[p] for p in u.params], u.numels)) for u in units]

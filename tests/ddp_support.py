@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import traceback
 
 import torch
@@ -36,10 +37,11 @@ def _entry(rank, fn, world_size, port, out_dir, timeout_s, args):
         result = {"ok": False, "type": type(e).__name__, "error": str(e),
                   "trace": traceback.format_exc()}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    try:
-        dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - a dead peer may leave the group broken
-        pass
+    # leave without tearing the process group down: its destructor races with the gloo
+    # threads at interpreter exit (std::terminate), and a peer may be dead on purpose
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_workers(fn, world_size: int, out_dir, *args, timeout_s: float = 30.0) -> list[dict]:
