@@ -1,0 +1,202 @@
+"""Random-K: the seeded index set (exactly K distinct, uniform marginals, shared across
+backends and "ranks"), unbiasedness and omega from theory, the biased variant's
+contraction, Triton equal to the torch twin, fused steps equal to the unfused reference."""
+
+import math
+
+import pytest
+import torch
+
+from gradpack.compressors import from_spec
+from gradpack.kernels import randk as kr
+from gradpack.kernels.fusion import Fusion, epilogue, prologue
+
+
+def selected(c, payload, d, seed):
+    """Indices a payload decodes onto (its values are never exactly zero here)."""
+    return torch.nonzero(c.decode(payload, d, seed=seed)).view(-1)
+
+
+@pytest.mark.parametrize("d,k", [(2, 1), (10, 3), (10, 5), (10, 6), (10, 9), (1000, 10),
+                                 (1000, 999), (4097, 2048), (100_000, 1000)])
+def test_indices_exactly_k_distinct_in_range(d, k):
+    for seed in (0, 1, 2**62 + 5):
+        idx = kr.indices(seed, d, k, "cpu", "torch")
+        assert idx.numel() == k and idx.dtype == torch.int64
+        assert bool((idx[1:] > idx[:-1]).all()) and 0 <= int(idx[0]) and int(idx[-1]) < d
+        assert torch.equal(idx, kr.indices(seed, d, k, "cpu", "torch"))
+
+
+def test_seeds_differ_and_draw_count_does_not_matter():
+    d, k = 5000, 50
+    sets = {tuple(kr.indices(s, d, k, "cpu", "torch").tolist()) for s in range(20)}
+    assert len(sets) == 20
+    # the set is the first k distinct values of the stream, however many draws were made
+    stream = kr.draws_torch(7, 10 * k, d)
+    assert torch.equal(kr.first_distinct(stream, k), kr.first_distinct(stream[: 2 * k], k))
+    assert kr.first_distinct(torch.zeros(5, dtype=torch.int64), 2) is None
+
+
+def test_bounded_is_floor_of_64_bit_product():
+    g = torch.Generator().manual_seed(0)
+    hi = torch.randint(0, 2**32, (1000,), generator=g)
+    lo = torch.randint(0, 2**32, (1000,), generator=g)
+    for d in (2, 3, 1000, 2**31 - 1):
+        got = kr.bounded(hi, lo, d)
+        want = [((h << 32 | low) * d) >> 64 for h, low in zip(hi.tolist(), lo.tolist(),
+                                                                strict=True)]
+        assert got.tolist() == want
+
+
+@pytest.mark.parametrize("d,k", [(40, 8), (40, 30)])
+def test_marginals_uniform(d, k):
+    """Each coordinate is selected with probability K/d: frequencies over N seeds
+    within 5 binomial standard errors."""
+    n = 1200
+    counts = torch.zeros(d)
+    for seed in range(n):
+        counts[kr.indices(seed, d, k, "cpu", "torch")] += 1
+    p = k / d
+    se = math.sqrt(p * (1 - p) / n)
+    assert float((counts / n - p).abs().max()) <= 5 * se
+
+
+def _samples(c, x, n):
+    d = x.numel()
+    return torch.stack([c.decode(c.encode(x, seed=s), d, seed=s) for s in range(n)]).double()
+
+
+def test_unbiased_and_omega():
+    """E C(x) = x within 5 standard errors per coordinate; E||C(x) - x||^2 = omega ||x||^2
+    with omega = d/K - 1, within 5 standard errors of the sample mean."""
+    d, n = 30, 1000
+    x = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    c = from_spec("randk:0.2")
+    k = c.k(d)
+    assert c.unbiased and c.random and c.omega(d) == d / k - 1
+    ys = _samples(c, x, n)
+    xd = x.double()
+    se = xd.abs() * math.sqrt((d / k - 1) / n)
+    assert bool(((ys.mean(0) - xd).abs() <= 5 * se + 1e-12).all())
+    err = (ys - xd).square().sum(1)
+    want = (d / k - 1) * float(xd.square().sum())
+    assert abs(float(err.mean()) - want) <= 5 * float(err.std()) / math.sqrt(n)
+
+
+def test_biased_contraction():
+    d, n = 30, 800
+    x = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    c = from_spec("randk:6:biased")
+    assert not c.unbiased and c.alpha(d) == 6 / d
+    with pytest.raises(ValueError, match="omega"):
+        c.omega(d)
+    ys = _samples(c, x, n)
+    xd = x.double()
+    err = (ys - xd).square().sum(1)
+    want = (1 - 6 / d) * float(xd.square().sum())
+    assert abs(float(err.mean()) - want) <= 5 * float(err.std()) / math.sqrt(n)
+    # every sample keeps exactly K coordinates of x unscaled
+    nz = ys != 0
+    assert bool((nz.sum(1) == 6).all()) and torch.equal(ys[nz], xd.expand(n, d)[nz])
+
+
+def test_sizes_and_specs():
+    c = from_spec("randk:0.01")
+    assert c.wire_bits(10_000) == 32 * 100
+    assert c.payload_bytes(10_000) == 400
+    assert c.wire_bits(1) == 32
+    assert from_spec("randk:3:biased").spec == "randk:3:biased"
+    for bad in ["randk", "randk:0", "randk:2.0", "randk:0.1:unbiased", "randk:0.1:biased:x"]:
+        with pytest.raises(ValueError):
+            from_spec(bad)
+
+
+def test_same_seed_on_every_rank_decodes():
+    """Encode on one "rank", decode-and-sum on another with each row's seed."""
+    d = 500
+    c = from_spec("randk:0.04")
+    xs = [torch.randn(d, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    seeds = [11, 12, 13]
+    ps = torch.stack([c.encode(x, seed=s) for x, s in zip(xs, seeds, strict=True)])
+    want = torch.zeros(d)
+    for p, s in zip(ps, seeds, strict=True):
+        want = want + c.decode(p, d, seed=s)
+    assert torch.equal(c.decode_sum(ps, d, seeds=seeds), want)
+    assert not torch.equal(selected(c, ps[0], d, 11), selected(c, ps[0], d, 12))
+    with pytest.raises(ValueError, match="bytes"):
+        c.decode(ps[0][:-8], d, seed=11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_and_noncontiguous(dtype):
+    c = from_spec("randk:0.1")
+    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(3)).to(dtype)[:, 0]
+    assert not x.is_contiguous()
+    assert torch.equal(c.encode(x, seed=4), c.encode(x.contiguous().float(), seed=4))
+
+
+FUSIONS = [
+    Fusion(residual="error", gamma=0.5, update="error"),
+    Fusion(residual="sub", update="add"),
+    Fusion(momentum=1, eta=0.25, residual="sub", update="add", beta=0.75),
+]
+
+
+def _state(fusion, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    state = {name: torch.randn(d, generator=g) for name in fusion.state_names()}
+    state["h"][::5] = -0.0
+    return state
+
+
+def _reference_step(c, fusion, grad, state, seed):
+    r = prologue(fusion, grad, state, write=True)
+    payload = c.encode(r, seed=seed)
+    epilogue(fusion, r, c.decode(payload, r.numel(), seed=seed), state)
+    return payload
+
+
+@pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"{f.residual}-{f.update}-m{f.momentum}")
+@pytest.mark.parametrize("spec", ["randk:0.1", "randk:0.1:biased"])
+def test_fused_step_equals_reference(spec, fusion):
+    d = 1000
+    c = from_spec(spec, backend="torch")
+    grad = torch.randn(d, generator=torch.Generator().manual_seed(5))
+    grad[::7] = -0.0
+    s_ref, s_fused = _state(fusion, d, 1), _state(fusion, d, 1)
+    want = _reference_step(c, fusion, grad, s_ref, seed=9)
+    assert torch.equal(c.step(fusion, grad, s_fused, seed=9), want)
+    for name in s_ref:
+        assert torch.equal(s_fused[name].view(torch.int32), s_ref[name].view(torch.int32))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("spec,d", [("randk:0.05", 3000), ("randk:0.7:biased", 500),
+                                    ("randk:1", 1), ("randk:1.0", 64)])
+def test_triton_matches_torch(tdevice, spec, d):
+    x = torch.randn(d, generator=torch.Generator().manual_seed(6))
+    t, ref = from_spec(spec, backend="triton"), from_spec(spec, backend="torch")
+    want = ref.encode(x, seed=21)
+    got = t.encode(x.to(tdevice), seed=21)
+    assert torch.equal(got.cpu(), want)
+    out = torch.linspace(-1, 1, d)
+    ps = torch.stack([want, want])
+    got_sum = t.decode_sum(ps.to(tdevice), d, seeds=[21, 22], out=out.clone().to(tdevice),
+                           scale=0.5, add=True)
+    assert torch.equal(got_sum.cpu(), ref.decode_sum(ps, d, seeds=[21, 22], out=out.clone(),
+                                                     scale=0.5, add=True))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"{f.residual}-{f.update}-m{f.momentum}")
+def test_fused_step_triton_equals_reference(tdevice, fusion):
+    d = 1200
+    c, ref = from_spec("randk:0.1", backend="triton"), from_spec("randk:0.1", backend="torch")
+    grad = torch.randn(d, generator=torch.Generator().manual_seed(7))
+    grad[::7] = -0.0
+    s_ref = _state(fusion, d, 3)
+    s_fused = {k: v.to(tdevice) for k, v in _state(fusion, d, 3).items()}
+    want = _reference_step(ref, fusion, grad, s_ref, seed=5)
+    assert torch.equal(c.step(fusion, grad.to(tdevice), s_fused, seed=5).cpu(), want)
+    for name in s_ref:
+        assert torch.equal(s_fused[name].cpu().view(torch.int32), s_ref[name].view(torch.int32))
