@@ -57,10 +57,12 @@ def _names(state: HookState, params) -> str:
 
 def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook running ``state.algorithm`` on ``bucket`` (see the module docstring)."""
-    if state.failed is not None:
-        raise RuntimeError(f"gradpack.ddp (rank {state.rank}): the hook failed earlier "
-                           f"({state.failed}); its state is inconsistent across ranks: load a "
-                           "checkpoint (state.load_state_dict) before training on")
+    if state._started != state.step:  # first bucket of a step: every callback of the last
+        if state.failed is not None:  # step has run on every rank, so all ranks agree here
+            raise RuntimeError(f"gradpack.ddp (rank {state.rank}): the hook failed earlier "
+                               f"({state.failed}); its state is inconsistent across ranks: load "
+                               "a checkpoint (state.load_state_dict) before training on")
+        state._started = state.step
     alg, rank, n = state.algorithm, state.rank, state.world_size
     buf = bucket.buffer()
     params = bucket.parameters()

@@ -64,6 +64,7 @@ class HookState:
         self.step = 0
         self.units = UnitTable(self._init_state)
         self.failed: str | None = None
+        self._started = -1  # the step whose first bucket the hook has seen
         # stats
         self.ledger = ledger if ledger is not None else Ledger(world_size)
         self.stats = HookStats()
