@@ -53,9 +53,11 @@ class DORE(Algorithm):
         gamma: float = 1.0,
         seed: int = 0,
     ):
-        for name, v, hi in (("alpha", alpha, 1.0), ("beta", beta, 1.0), ("eta", eta, None)):
-            if v is not None and not (v > 0 and (hi is None or v <= hi)):
-                raise ValueError(f"dore: {name} must be in (0, {hi or 'inf'}], got {v}")
+        for name, v in (("alpha", alpha), ("beta", beta)):
+            if v is not None and not 0 < v <= 1:
+                raise ValueError(f"dore: {name} must be in (0, 1], got {v}")
+        if not eta >= 0:
+            raise ValueError(f"dore: eta must be >= 0 (0: no error compensation), got {eta}")
         if not gamma > 0:
             raise ValueError(f"dore: gamma must be > 0, got {gamma}")
         self.alpha, self.beta, self.eta, self.gamma = alpha, beta, float(eta), float(gamma)

@@ -135,7 +135,13 @@ def simulate(
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             diverged_at = k
             break
-        communicate(alg, transport, states, grads, step=k, topology=topology, out=direction)
+        try:
+            communicate(alg, transport, states, grads, step=k, topology=topology, out=direction)
+        except ValueError as err:  # a server-side message overflowed (e.g. DORE's q)
+            if "non-finite" not in str(err):
+                raise
+            diverged_at = k
+            break
         x.sub_(direction.to(x.dtype), alpha=_lr_at(lr, k))
         done = k + 1
         if time is not None:

@@ -1,0 +1,139 @@
+"""``gradpack simulate``: paper-style experiments with n simulated workers on CPU.
+
+Runs an experiment preset (:mod:`gradpack.experiments`: ``top1``, ``quadratic``, ``logreg``,
+``dore``) or your own ``--run ALG/COMPRESSOR[/key=value...]`` list, prints a table and saves
+plots of ||grad f||^2 and loss against bits per worker and against steps (and against
+modelled time with ``--bandwidth``), plus the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gradpack.algorithms import TOPOLOGIES
+from gradpack.comm import Link
+from gradpack.experiments import EXPERIMENTS, Run, run_experiment
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS), help="experiment preset")
+    p.add_argument("--run", action="append", default=None, metavar="ALG/COMP[/k=v...]",
+                   help="replace the preset's runs, e.g. ef21-sgdm/topk:0.1/eta=0.1/lr=0.5 "
+                        "(lr in units of 1/L); repeatable")
+    p.add_argument("--workers", "-n", type=int, default=10, help="simulated workers (not top1)")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    p.add_argument("--dataset", default="breast_cancer",
+                   choices=["breast_cancer", "digits", "synthetic"], help="logreg data")
+    p.add_argument("--topology", choices=TOPOLOGIES, default=None,
+                   help="default: the preset's (dore: server)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="modelled link bandwidth in bits/s (adds time plots)")
+    p.add_argument("--latency", type=float, default=0.0, help="modelled link latency, s")
+    p.add_argument("--bits", choices=["up", "total"], default="up",
+                   help="x axis of the bits plots: uplink or uplink + downlink per worker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--out", type=Path, default=Path("simulate-out"), help="output directory")
+    p.add_argument("--no-plot", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    exp = EXPERIMENTS[args.experiment]
+    runs = tuple(Run.parse(r) for r in args.run) if args.run else exp.runs
+    steps = args.steps if args.steps is not None else exp.steps
+    link = Link(args.bandwidth, args.latency) if args.bandwidth else None
+    problem = exp.build(n=args.workers, seed=args.seed, dataset=args.dataset)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the table
+        console = Console(width=150)
+    console.print(f"[bold]{exp.title}[/]: {problem.name}, d = {problem.d}, n = {problem.n}, "
+                  f"L = {problem.L:.4g}, {steps} steps")
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("simulating", total=steps * len(runs))
+        results = run_experiment(exp, problem, runs, steps=steps, seed=args.seed,
+                                 topology=args.topology, link=link, backend=args.backend,
+                                 progress=lambda k: bar.advance(task))
+    elapsed = time.perf_counter() - start
+
+    table = Table(title=f"{args.experiment}: final values after {steps} steps")
+    for col in ("run", "lr", "loss", "||grad f||^2", "Mbit up/w", "Mbit down/w",
+                "diverged at") + (("modelled s",) if link else ()):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r, h in results:
+        row = [r.label, f"{r.lr_scale:g}/L", _fmt(h.loss), _fmt(h.grad_norm_sq),
+               f"{h.bits_per_worker('up')[-1] / 1e6:.4g}",
+               f"{h.bits_per_worker('down')[-1] / 1e6:.4g}",
+               "-" if h.diverged_at is None else str(h.diverged_at)]
+        if link:
+            row.append(f"{np.nanmax(h.time):.4g}")
+        table.add_row(*row)
+    console.print(table)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    dump = {"experiment": args.experiment, "problem": problem.name, "steps": steps,
+            "runs": [_record(r, h) for r, h in results]}
+    (args.out / f"{args.experiment}.json").write_text(json.dumps(dump))
+    if not args.no_plot:
+        path = _plot(args, exp.title, results, link is not None)
+        console.print(f"plots: {path}")
+    console.print(f"data: {args.out / f'{args.experiment}.json'}  ({elapsed:.1f} s)")
+    return 0
+
+
+def _fmt(arr) -> str:
+    if arr is None:
+        return "-"
+    finite = arr[np.isfinite(arr)]
+    return f"{finite[-1]:.3e}" if finite.size else "nan"
+
+
+def _record(r: Run, h) -> dict:
+    def lst(a):
+        return None if a is None else [None if not np.isfinite(v) else float(v) for v in a]
+    return {"label": r.label, "algorithm": r.algorithm, "compressor": r.compressor,
+            "hparams": r.hparams, "lr_scale": r.lr_scale, "diverged_at": h.diverged_at,
+            "loss": lst(h.loss), "grad_norm_sq": lst(h.grad_norm_sq),
+            "bits_up_per_worker": h.bits_per_worker("up").tolist(),
+            "bits_down_per_worker": h.bits_per_worker("down").tolist(),
+            "time": lst(h.time)}
+
+
+def _plot(args, title, results, with_time: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [("bits", f"{args.bits}link bits per worker"), ("steps", "step")]
+    if with_time:
+        xs.append(("time", "modelled time (s)"))
+    ys = [("grad_norm_sq", r"$\|\nabla f(x)\|^2$"), ("loss", "loss")]
+    fig, axes = plt.subplots(len(ys), len(xs), figsize=(5 * len(xs), 3.6 * len(ys)),
+                             squeeze=False)
+    for (r, h) in results:
+        xvals = {"bits": h.bits_per_worker(args.bits), "steps": h.steps, "time": h.time}
+        for i, (ykey, ylabel) in enumerate(ys):
+            y = getattr(h, ykey)
+            for j, (xkey, xlabel) in enumerate(xs):
+                ax = axes[i][j]
+                ax.semilogy(xvals[xkey], np.where(y > 0, y, np.nan), label=r.label)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = args.out / f"{args.experiment}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
