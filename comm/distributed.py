@@ -42,10 +42,11 @@ class ProcessGroupTransport(Transport):
     def all_gather(self, payloads: torch.Tensor, *, async_op: bool = False):
         row = self._rows(payloads, "all_gather")[0]
         p = row.numel()
-        out = torch.empty(self.world_size, p, dtype=torch.uint8, device=row.device)
+        flat = torch.empty(self.world_size * p, dtype=torch.uint8, device=row.device)
+        out = flat.view(self.world_size, p)  # gloo takes only the concatenated form
         self._record("all_gather", p, lambda r: (self.world_size - 1) * p)
         try:
-            work = _all_gather_single(out, row, group=self.group, async_op=async_op)
+            work = _all_gather_single(flat, row, group=self.group, async_op=async_op)
         except RuntimeError as err:
             raise self._fail("all_gather", p, err) from err
         if async_op:
@@ -96,9 +97,9 @@ class ProcessGroupTransport(Transport):
         mine = torch.tensor([int(values[k]) for k in keys], dtype=torch.int64)
         if dist.get_backend(self.group) == "nccl":
             mine = mine.cuda()
-        out = torch.empty(self.world_size, len(keys), dtype=torch.int64, device=mine.device)
+        out = torch.empty(self.world_size * len(keys), dtype=torch.int64, device=mine.device)
         _all_gather_single(out, mine, group=self.group)
-        out = out.cpu()
+        out = out.cpu().view(self.world_size, len(keys))
         for j, k in enumerate(keys):
             col = out[:, j]
             if not bool((col == col[0]).all()):
