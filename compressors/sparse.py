@@ -41,6 +41,9 @@ class Sparsifier(Compressor):
             raise ValueError(f"{self.name}: count must be a positive int, got {count!r}")
         self.ratio = ratio
         self.count = count
+        # reusable work buffers of the torch path (sized by the largest input seen);
+        # a compressor object is therefore not meant to encode from two threads at once
+        self._scratch: dict = {}
 
     def k(self, numel: int) -> int:
         """Coordinates sent for ``numel`` elements."""

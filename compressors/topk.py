@@ -44,7 +44,8 @@ class TopK(Sparsifier):
         return self.k(numel) / self._check_numel(numel)
 
     def _encode(self, fusion, x, state, seed, payload, backend) -> None:
-        kt.encode(self.approx, self.k(x.numel()), fusion, x, state, payload, backend)
+        kt.encode(self.approx, self.k(x.numel()), fusion, x, state, payload, backend,
+                  self._scratch)
 
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
         kt.decode_sum(self.k(numel), payloads, numel, out, scale, add, backend, self.spec)

@@ -32,6 +32,19 @@ def residual(fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor]) ->
     return prologue(fusion, x, state, write=True)
 
 
+def buffer(scratch: dict | None, name: str, numel: int, dtype: torch.dtype,
+           device) -> torch.Tensor:
+    """A work buffer of ``numel`` elements from the caller's ``scratch`` dict: a prefix of
+    the largest one asked for so far under ``name`` (so the hot path does not allocate,
+    and buckets of several sizes share one buffer); a fresh one without ``scratch``."""
+    t = None if scratch is None else scratch.get(name)
+    if t is None or t.numel() < numel or t.dtype != dtype or t.device != torch.device(device):
+        t = torch.empty(numel, dtype=dtype, device=device)
+        if scratch is not None:
+            scratch[name] = t
+    return t[:numel]
+
+
 def key_image(r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Order-preserving int32 image of ``|r|`` (fp32): the bits of ``r`` with the sign
     cleared. For finite values ``|a| < |b|`` iff ``key(a) < key(b)``; ``+0`` and ``-0``

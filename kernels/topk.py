@@ -10,11 +10,13 @@ Selection works on the order-preserving int32 image of ``|r|`` (:func:`.sparse.k
 **Exact** (``topk:R``): with ``T`` the K-th largest key and ``g = #{key > T}``, the plan is
 ``(T, T, K - g)``: the K largest ``|r|``, ties at the threshold broken by the lowest index,
 so the set is a deterministic function of ``r``. ``T`` is found by a radix select on the
-keys: histogram the top digit, pick the bin holding the K-th largest, recurse into that
-bin on the next digit (the Triton kernels use digits of 11, 10, 10 bits with an early exit
-when a bin holds exactly the remaining count; the torch twin histograms 15 bits, compacts
-the candidates ``key >= bin`` and histograms the 16 low bits of the bin's members only).
-Both give the same set, so both write the same payload.
+keys. The Triton kernels histogram digits of 11, 10 and 10 bits, each pass restricted to
+the bin holding the K-th largest key, with an early exit when that bin holds exactly the
+remaining count (:mod:`.topk_triton`). The torch twin, the fast CPU path, takes its first
+bin boundary from the strided sample instead (verified by one count; a ``2**15``-bin
+histogram when the sample misjudged it), compacts the candidates above the boundary in one
+pass and selects ``T`` among them in linear time (:func:`exact_indices_torch`). Both
+compute the same set, so both write the same payload.
 
 **Threshold** (``topk:R:approx``, the DGC idea): sort a strided sample of ``SAMPLE`` keys,
 take the keys at the sample ranks where ``f * K`` elements are expected above, for the
@@ -28,10 +30,13 @@ exact answer may hold up to ``t_{j-1}``, i.e. ``||r - C(r)||^2`` exceeds the exa
 most ``(K - m)(t_{j-1}^2 - t_j^2)``. The plan is used only when counts alone prove the
 contraction ``||C(r) - r||^2 <= (1 - K/d)||r||^2`` (:func:`approx_plan`); otherwise (ties, an
 unrepresentative sample) the exact select runs. Both modes therefore guarantee
-``alpha = K/d``; the threshold mode saves the radix passes and their host synchronisations.
+``alpha = K/d``. On the Triton path the threshold mode replaces the radix passes and their
+host synchronisations by one counting pass; on the torch path, whose exact select already
+starts from the sample, it is not faster.
 
 Payload: ``K`` fp32 values ``r[i]`` in ascending index order, then the ``K`` indices as
-``ceil(log2 d)``-bit fields (:mod:`.bitpack`; none when ``d == 1``), then zero padding.
+``ceil(log2 d)``-bit fields (the :mod:`.bitpack` stream; none when ``d == 1``), then zero
+padding.
 Decoders check every index is in ``[0, d)`` and that they strictly increase.
 """
 
@@ -41,13 +46,22 @@ import math
 
 import torch
 
-from .bitpack import pack_words, unpack_fields, words_for
+from .bitpack import unpack_fields, words_for
 from .fusion import Fusion
-from .sparse import accumulator, key_image, key_to_float, residual, scatter_add, sparse_epilogue
+from .sparse import (
+    accumulator,
+    buffer,
+    key_image,
+    key_to_float,
+    residual,
+    scatter_add,
+    sparse_epilogue,
+)
 
 SAMPLE = 32768  # keys in the threshold mode's strided sample
 FRACTIONS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-_L1_SHIFT = 16  # torch twin: first digit = key >> 16 (15 bits), second = key & 0xFFFF
+GUESS = 1.5  # torch exact path: candidates above the sample key with ~GUESS * K above it
+_L1_SHIFT = 16  # torch exact path's fallback histogram: key >> 16 (2**15 bins)
 
 
 def index_width(d: int) -> int:
@@ -62,14 +76,6 @@ def body_bytes(k: int, d: int) -> int:
 
 
 # -- selection (torch) --------------------------------------------------------------------
-def _pick_bin(hist: torch.Tensor, need: int) -> tuple[int, int]:
-    """Bin ``b`` holding the ``need``-th largest element and the count above it."""
-    ge = hist.flip(0).cumsum(0).flip(0)  # ge[b] = #{digit >= b}
-    b = int((ge >= need).sum()) - 1
-    above = int(ge[b + 1]) if b + 1 < hist.numel() else 0
-    return b, above
-
-
 def band_select_torch(ck: torch.Tensor, cand: torch.Tensor, top: int, lo: int,
                       need: int) -> torch.Tensor:
     """The band select (module doc) over candidates: ``cand`` ascending indices whose keys
@@ -82,34 +88,66 @@ def band_select_torch(ck: torch.Tensor, cand: torch.Tensor, top: int, lo: int,
     return cand[sure | (band & (rank <= need))]
 
 
-def exact_indices_torch(keys: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (int64, ascending) of the exact top-``k`` keys, ties by the lowest index."""
+def _select_candidates(ck: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact top-``k`` among candidates that hold every key ``>=`` the k-th largest:
+    ``T`` by a selection (``kthvalue``, linear time), then the band select ``(T, T, ...)``."""
+    c = ck.numel()
+    if c == k:
+        return cand
+    t = int(torch.kthvalue(ck, c - k + 1).values)  # the k-th largest key
+    return band_select_torch(ck, cand, t, t, k - int(torch.count_nonzero(ck > t)))
+
+
+def exact_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
+                        scratch: dict | None = None) -> torch.Tensor:
+    """Indices (int64, ascending) of the exact top-``k`` keys, ties by the lowest index.
+
+    The torch twin's CPU-friendly radix select: the first digit's bin boundary comes from
+    the strided sample (the key expected to have ``GUESS * k`` elements above it) and is
+    verified by one count; when the sample misjudged it (fewer than ``k`` above) a
+    ``2**15``-bin histogram of ``key >> 16`` picks the bin. Then one compaction of the
+    candidates ``key >= boundary`` and a linear-time selection among them."""
     d = keys.numel()
     if k == d:
         return torch.arange(d, device=keys.device)
-    hist = torch.bincount(keys >> _L1_SHIFT, minlength=1 << (31 - _L1_SHIFT))
-    b1, above = _pick_bin(hist, k)
-    lo1 = b1 << _L1_SHIFT
-    cand = torch.nonzero(keys >= lo1).view(-1)
-    ck = keys[cand]
-    if cand.numel() == k:  # the bin holds exactly the remaining count
-        return cand
-    in_bin = ck < ((b1 + 1) << _L1_SHIFT)
-    hist2 = torch.bincount(ck[in_bin] & ((1 << _L1_SHIFT) - 1), minlength=1 << _L1_SHIFT)
-    b2, above2 = _pick_bin(hist2, k - above)
-    t = lo1 | b2
-    return band_select_torch(ck, cand, t, t, k - above - above2)
+    mask = buffer(scratch, "mask", d, torch.bool, keys.device)
+    lo = None
+    if d > SAMPLE:
+        desc, stride = _sample_desc(r)
+        lo = _sample_key(desc, stride, k, GUESS)
+        torch.ge(keys, lo, out=mask)
+        if int(torch.count_nonzero(mask)) < k:
+            lo = None
+    if lo is None:
+        hist = torch.bincount(keys >> _L1_SHIFT, minlength=1 << (31 - _L1_SHIFT))
+        ge = hist.flip(0).cumsum(0).flip(0)  # ge[b] = #{key >> 16 >= b}
+        lo = (int((ge >= k).sum()) - 1) << _L1_SHIFT
+        torch.ge(keys, lo, out=mask)
+    cand = torch.nonzero(mask).view(-1)
+    return _select_candidates(keys[cand], cand, k)
+
+
+def _sample_desc(r: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Keys of the strided sample ``r[::stride]`` (at most ``SAMPLE``), descending."""
+    stride = max(1, r.numel() // SAMPLE)
+    sample = key_image(r[::stride].contiguous())
+    return torch.sort(sample, descending=True).values, stride
+
+
+def _sample_rank(n: int, stride: int, k: int, f: float) -> int:
+    """Sample rank above which about ``f * k`` of all elements are expected."""
+    return min(n - 1, max(0, math.ceil(k * f / stride) - 1))
+
+
+def _sample_key(desc: torch.Tensor, stride: int, k: int, f: float) -> int:
+    return int(desc[_sample_rank(desc.numel(), stride, k, f)])
 
 
 def sample_thresholds(r: torch.Tensor, k: int) -> torch.Tensor:
     """The threshold mode's candidate thresholds (int32 keys, non-increasing): keys of a
     strided sample of ``r`` at the ranks where ``f * k`` elements are expected above."""
-    d = r.numel()
-    stride = max(1, d // SAMPLE)
-    sample = key_image(r[::stride].contiguous())
-    desc = torch.sort(sample, descending=True).values
-    last = sample.numel() - 1
-    ranks = [min(last, max(0, math.ceil(k * f / stride) - 1)) for f in FRACTIONS]
+    desc, stride = _sample_desc(r)
+    ranks = [_sample_rank(desc.numel(), stride, k, f) for f in FRACTIONS]
     return desc[torch.tensor(ranks, device=r.device)]
 
 
@@ -142,53 +180,74 @@ def approx_plan(thresholds: list[int], counts: list[int], d: int,
     return (t_hi - 1, t_lo, k - m)
 
 
-def approx_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+def approx_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
+                         scratch: dict | None = None) -> torch.Tensor:
     thr = sample_thresholds(r, k)
-    t_min = int(thr[-1])
-    cand = torch.nonzero(keys >= t_min).view(-1)  # covers every threshold's count
+    mask = buffer(scratch, "mask", keys.numel(), torch.bool, keys.device)
+    cand = torch.nonzero(torch.ge(keys, int(thr[-1]), out=mask)).view(-1)  # every count's
     ck = keys[cand]
     thresholds = thr.tolist()
     counts = [int(torch.count_nonzero(ck >= t)) for t in thresholds]
     plan = approx_plan(thresholds, counts, keys.numel(), k)
     if plan is None:
-        return exact_indices_torch(keys, k)
+        return exact_indices_torch(r, keys, k, scratch)
     return band_select_torch(ck, cand, *plan)
 
 
 # -- payload --------------------------------------------------------------------------------
+def pack_indices(idx: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
+    """:func:`.bitpack.pack_words` (same bit stream) for a sparse payload's index fields,
+    by scatter: field ``j`` is shifted into word ``(j w) >> 5`` and its overflow into the next
+    word, and the words are summed (the fields' bits are disjoint, so sum == or). ``O(K)``
+    with no ``[groups, width, 32]`` temporary, which dominates ``pack_words`` at ``K ~ 1e5``."""
+    n = idx.numel()
+    bit = torch.arange(n, device=idx.device, dtype=torch.int64) * width
+    w0 = bit >> 5
+    off = bit & 31
+    fields = idx.to(torch.int64)
+    words = torch.zeros(out.numel() + 1, dtype=torch.int64, device=idx.device)
+    words.index_add_(0, w0, (fields << off) & 0xFFFFFFFF)
+    words.index_add_(0, w0 + 1, fields >> (32 - off))
+    words = words[:-1]
+    return out.copy_(words - ((words >> 31) << 32))
+
+
 def write_payload(payload: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, d: int) -> None:
     k = vals.numel()
     w = index_width(d)
     payload[: 4 * k].view(torch.float32).copy_(vals)
     if w:
         nw = words_for(k, w)
-        pack_words(idx, w, out=payload[4 * k : 4 * (k + nw)].view(torch.int32))
+        pack_indices(idx, w, out=payload[4 * k : 4 * (k + nw)].view(torch.int32))
     payload[body_bytes(k, d) :].zero_()
 
 
-def encode_torch(approx: bool, k: int, fusion: Fusion, x: torch.Tensor, state, payload) -> None:
+def encode_torch(approx: bool, k: int, fusion: Fusion, x: torch.Tensor, state, payload,
+                 scratch: dict | None = None) -> None:
     r = residual(fusion, x, state)
-    keys = key_image(r)
     d = r.numel()
+    keys = key_image(r, out=buffer(scratch, "keys", d, torch.int32, r.device))
     if k == d:
         idx = torch.arange(d, device=r.device)
     elif approx:
-        idx = approx_indices_torch(r, keys, k)
+        idx = approx_indices_torch(r, keys, k, scratch)
     else:
-        idx = exact_indices_torch(keys, k)
+        idx = exact_indices_torch(r, keys, k, scratch)
     vals = r[idx]
     write_payload(payload, vals, idx, d)
     sparse_epilogue(fusion, r, idx, vals + 0.0, state)
 
 
-def encode(approx: bool, k: int, fusion: Fusion, x, state, payload, backend: str) -> None:
-    """Write the Top-K payload of ``r = prologue(x)`` and apply the epilogue with ``C(r)``."""
+def encode(approx: bool, k: int, fusion: Fusion, x, state, payload, backend: str,
+           scratch: dict | None = None) -> None:
+    """Write the Top-K payload of ``r = prologue(x)`` and apply the epilogue with ``C(r)``.
+    ``scratch``: a dict the caller keeps between calls, holding reusable work buffers."""
     if backend == "triton":
         from .topk_triton import encode_triton
 
         encode_triton(approx, k, fusion, x, state, payload)
     else:
-        encode_torch(approx, k, fusion, x, state, payload)
+        encode_torch(approx, k, fusion, x, state, payload, scratch)
 
 
 # -- decode ---------------------------------------------------------------------------------
