@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 "diverged at") + (("modelled s",) if link else ()):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r, h in results:
-        row = [r.label, f"{r.lr_scale:g}/L", _fmt(h.loss), _fmt(h.grad_norm_sq),
+        row = [escape(r.label), f"{r.lr_scale:g}/L", _fmt(h.loss), _fmt(h.grad_norm_sq),
                f"{h.bits_per_worker('up')[-1] / 1e6:.4g}",
                f"{h.bits_per_worker('down')[-1] / 1e6:.4g}",
                "-" if h.diverged_at is None else str(h.diverged_at)]
