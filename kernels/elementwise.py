@@ -43,6 +43,7 @@ class Format:
     width: int
     levels: int = 0  # QSGD's S
     bucket: int = 0  # QSGD's B
+    numel: int = 0  # d, where the code depends on it (sign's mean)
 
     @property
     def packed(self) -> bool:
@@ -91,11 +92,6 @@ def _sqrt(a: torch.Tensor) -> torch.Tensor:
     return a.double().sqrt().float()
 
 
-def _per_element(values: torch.Tensor, bucket: int, d: int) -> torch.Tensor:
-    """Broadcast per-bucket ``values`` to the ``d`` elements."""
-    return values.repeat_interleave(bucket)[:d] if values.numel() > 1 else values.expand(d)
-
-
 def to_bf16(r: torch.Tensor) -> torch.Tensor:
     """fp32 -> bf16, round to nearest even, in integer arithmetic (what the Triton kernel
     does too, since Triton's interpreter does not round bf16 conversions correctly)."""
@@ -105,22 +101,33 @@ def to_bf16(r: torch.Tensor) -> torch.Tensor:
     return (rounded - ((rounded >> 15) << 16)).to(torch.int16).view(torch.bfloat16)
 
 
-def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int):
-    """``(header, codes, c)`` for the residual ``r`` and its segment sums."""
+CHUNK = 32768  # elements per step of the torch path: cache-sized, one thread's grain
+
+
+def _bucket_values(values: torch.Tensor, fmt: Format, lo: int, hi: int) -> torch.Tensor:
+    """Per-bucket ``values`` at elements ``lo .. hi-1``."""
+    if values.numel() == 1:
+        return values
+    return values[torch.arange(lo, hi, device=values.device) // fmt.bucket]
+
+
+def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int, lo: int = 0):
+    """``(header, codes, c)`` for the residual chunk ``r`` (elements ``lo ..``) given the
+    segment sums of the whole residual."""
     d = r.numel()
     neg = r < 0
     if fmt.kind == SIGN:
-        scale = _div(sums, _f32(float(d)))
+        scale = _div(sums, _f32(float(fmt.numel)))
         return scale, neg.to(torch.int64), torch.where(neg, -scale, scale)
     norm = _sqrt(sums)
-    u = philox.rand(seed, torch.arange(d, device=r.device))
+    u = philox.rand(seed, torch.arange(lo, lo + d, device=r.device))
     if fmt.kind == SSIGN:
         half_inv = torch.where(norm > 0, _div(0.5, norm), 0.0)
         neg = u >= 0.5 + r * half_inv
         return norm, neg.to(torch.int64), torch.where(neg, -norm, norm)
     levels = _f32(float(fmt.levels))
-    inv = _per_element(torch.where(norm > 0, _div(levels, norm), 0.0), fmt.bucket, d)
-    step = _per_element(_div(norm, levels), fmt.bucket, d)
+    inv = _bucket_values(torch.where(norm > 0, _div(levels, norm), 0.0), fmt, lo, lo + d)
+    step = _bucket_values(_div(norm, levels), fmt, lo, lo + d)
     a = r.abs() * inv
     floor = a.floor()
     level = torch.minimum(floor + (u < a - floor).to(torch.float32), levels)
@@ -133,35 +140,45 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
     d = x.numel()
     r = prologue(fusion, x, state, write=True)
     if fmt.kind == FP32:
-        c = r
         payload[: 4 * d].view(torch.float32).copy_(r)
-    elif fmt.kind in (FP16, BF16):
+        epilogue(fusion, r, r, state)
+        return
+    if fmt.kind in (FP16, BF16):
         low = r.clamp(-FP16_MAX, FP16_MAX).half() if fmt.kind == FP16 else to_bf16(r)
         payload[: 2 * d].view(low.dtype).copy_(low)
-        c = low.float()
-    else:
-        sums = tree_sum_rows(r.abs() if fmt.kind == SIGN else r * r, fmt.segment(d))
-        header, codes, c = quantize(fmt, r, sums, seed)
-        words = payload.view(torch.int32)
-        nh = fmt.header_words(d)
-        words[:nh] = header.view(torch.int32)
-        pack_words(codes, fmt.width, out=words[nh : nh + words_for(d, fmt.width)])
-    epilogue(fusion, r, c, state)
+        epilogue(fusion, r, low.float(), state)
+        return
+    sums = tree_sum_rows(r.abs() if fmt.kind == SIGN else r * r, fmt.segment(d))
+    fmt = Format(fmt.kind, fmt.width, fmt.levels, fmt.bucket, d)
+    words = payload.view(torch.int32)
+    nh = fmt.header_words(d)
+    flat = {k: t.view(-1) for k, t in state.items()}
+    for lo in range(0, d, CHUNK):
+        hi = min(lo + CHUNK, d)
+        header, codes, c = quantize(fmt, r[lo:hi], sums, seed, lo)
+        w0 = nh + lo * fmt.width // 32  # lo is a multiple of 32: chunks start on a word
+        pack_words(codes, fmt.width, out=words[w0 : w0 + words_for(hi - lo, fmt.width)])
+        epilogue(fusion, r[lo:hi], c, {k: t[lo:hi] for k, t in flat.items()})
+    words[:nh] = header.view(torch.int32)
 
 
-def decode_row_torch(fmt: Format, row: torch.Tensor, d: int) -> torch.Tensor:
-    """Dense fp32 values of one payload (``row``: uint8, trusted length)."""
+def decode_chunk_torch(fmt: Format, row: torch.Tensor, d: int, lo: int, hi: int):
+    """fp32 values of elements ``lo .. hi-1`` of one payload (``row``: uint8, trusted length)."""
     if fmt.kind == FP32:
-        return row[: 4 * d].view(torch.float32)
+        return row[4 * lo : 4 * hi].view(torch.float32)
     if fmt.kind in (FP16, BF16):
-        return row[: 2 * d].view(torch.float16 if fmt.kind == FP16 else torch.bfloat16).float()
+        half = torch.float16 if fmt.kind == FP16 else torch.bfloat16
+        return row[2 * lo : 2 * hi].view(half).float()
     words = row.view(torch.int32)
     nh = fmt.header_words(d)
+    ncw = words_for(d, fmt.width)
+    w0 = lo * fmt.width // 32
+    w1 = min(ncw, words_for(hi, fmt.width) + 1)
+    fields = unpack_fields(words[nh + w0 : nh + w1], hi - lo, fmt.width)
     header = words[:nh].view(torch.float32)
-    fields = unpack_fields(words[nh:], d, fmt.width, nwords=words_for(d, fmt.width))
     if fmt.kind in (SIGN, SSIGN):
         return torch.where(fields == 1, -header, header)
-    step = _per_element(_div(header, _f32(float(fmt.levels))), fmt.bucket, d)
+    step = _bucket_values(_div(header, _f32(float(fmt.levels))), fmt, lo, hi)
     c = (fields & ((1 << fmt.level_bits) - 1)).to(torch.float32) * step
     return torch.where((fields >> fmt.level_bits) == 1, -c, c)
 
@@ -171,9 +188,12 @@ def decode_sum_torch(fmt: Format, payloads, d: int, out, scale: float, add: bool
     acc = flat if flat.dtype == torch.float32 else flat.float()
     if not add:
         acc.zero_()
+    scale_t = _f32(scale)
     for row in payloads:
-        c = decode_row_torch(fmt, row, d)
-        acc.add_(c if scale == 1.0 else c * _f32(scale))
+        for lo in range(0, d, CHUNK):
+            hi = min(lo + CHUNK, d)
+            c = decode_chunk_torch(fmt, row, d, lo, hi)
+            acc[lo:hi] += c if scale == 1.0 else c * scale_t
     if acc is not flat:
         flat.copy_(acc)
 

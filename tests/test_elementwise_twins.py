@@ -106,3 +106,22 @@ def test_fused_equals_unfused_reference(spec, fusion):
     assert torch.equal(payload, want)
     for k in state:
         assert torch.equal(state[k], ref[k]), k
+
+
+@pytest.mark.parametrize("spec", ["sign", "ssign", "qsgd:7:1000", "qsgd:3:5"])
+def test_torch_chunking_is_invisible(spec, monkeypatch):
+    """The torch path walks large tensors in cache-sized chunks; that changes no bit."""
+    from gradpack.kernels import elementwise
+
+    c = from_spec(spec, backend="torch")
+    d = 2 * elementwise.CHUNK + 4097
+    x = _x(d, seed=2)
+    fusion = Fusion(residual="sub", update="add")
+    h1 = _x(d, seed=3)
+    h2 = h1.clone()
+    chunked = c.step(fusion, x, {"h": h1}, seed=4)
+    dec = c.decode_sum(torch.stack([chunked, chunked]), d, scale=0.5)
+    monkeypatch.setattr(elementwise, "CHUNK", 4 * d)
+    whole = c.step(fusion, x, {"h": h2}, seed=4)
+    assert torch.equal(chunked, whole) and torch.equal(h1, h2)
+    assert torch.equal(dec, c.decode_sum(torch.stack([whole, whole]), d, scale=0.5))
