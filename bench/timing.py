@@ -1,0 +1,41 @@
+"""Timing: warm up, then the median of repeated calls, with device synchronisation.
+
+A call slower than ``slow_s`` is not repeated: its first run is the sample (the torch
+CPU path has no compilation or autotuning to warm up, and the slow ops would otherwise
+dominate the run).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median_time(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    repeats: int = 5,
+    slow_s: float = 1.0,
+) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up."""
+    first = _once(fn, device)
+    if first > slow_s:
+        return first
+    return statistics.median(_once(fn, device) for _ in range(max(1, repeats)))
