@@ -13,7 +13,8 @@ from gradpack.kernels import topk as kt
 from gradpack.kernels.fusion import Fusion, epilogue, prologue
 from gradpack.kernels.sparse import key_image
 
-KINDS = ["random", "ties", "all_equal", "all_zero", "sparse", "heavy_tail", "one_bin"]
+KINDS = ["random", "ties", "all_equal", "all_zero", "sparse", "heavy_tail", "one_bin",
+         "sample_biased"]
 
 
 def make(kind: str, d: int, seed: int = 0) -> torch.Tensor:
@@ -36,6 +37,10 @@ def make(kind: str, d: int, seed: int = 0) -> torch.Tensor:
     if kind == "one_bin":  # magnitudes differing only in the low mantissa bits
         return (1.0 + torch.randperm(d, generator=g).float() * 2.0**-23) * torch.sign(
             torch.randn(d, generator=g))
+    if kind == "sample_biased":  # large on even indices, which a stride-2 sample sees only
+        x = 1e-3 * torch.randn(d, generator=g)
+        x[::2] = torch.randn((d + 1) // 2, generator=g)
+        return x
     raise ValueError(kind)
 
 
@@ -305,6 +310,21 @@ def test_triton_matches_torch(tdevice, spec, kind, d):
 
 
 @pytest.mark.triton
+def test_triton_radix_early_exit(tdevice):
+    """K entries alone in one first-digit bin: the radix select stops after one pass."""
+    d, k = 1500, 75
+    x = torch.zeros(d)
+    x[torch.randperm(d, generator=torch.Generator().manual_seed(8))[:k]] = (
+        1.0 + torch.arange(k) * 2.0**-20)
+    from gradpack.kernels.topk_triton import _exact_plan
+
+    lo = int(key_image(torch.tensor([1.0])))
+    assert _exact_plan(x.to(tdevice), k) == (lo - 1, lo, 0)
+    want = from_spec(f"topk:{k}", backend="torch").encode(x)
+    assert torch.equal(from_spec(f"topk:{k}", backend="triton").encode(x.to(tdevice)).cpu(), want)
+
+
+@pytest.mark.triton
 def test_triton_approx_band_plan(tdevice):
     """A threshold plan that really fills a band (stride > 1), on both backends."""
     d = 70_000
@@ -313,7 +333,7 @@ def test_triton_approx_band_plan(tdevice):
     from gradpack.kernels.topk_triton import _approx_plan
 
     plan = _approx_plan(r, 700)
-    assert plan is not None
+    assert plan is not None and plan[2] > 0  # a real band, filled by index
     want = from_spec("topk:700:approx", backend="torch").encode(x)
     got = from_spec("topk:700:approx", backend="triton").encode(r)
     assert torch.equal(got.cpu(), want)
