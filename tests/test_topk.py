@@ -361,3 +361,17 @@ def test_pack_indices_is_the_bitpack_stream(n, width):
     want = pack_words(fields, width)
     got = kt.pack_indices(fields, width, torch.empty(words_for(n, width), dtype=torch.int32))
     assert torch.equal(got, want)
+
+
+@pytest.mark.triton
+def test_triton_scatter_never_writes_out_of_bounds(tdevice):
+    """Defence in depth below the validation: the store is masked to [0, d)."""
+    from gradpack.kernels.sparse_triton import scatter_add_triton
+
+    guard = torch.full((30,), 7.0, device=tdevice)
+    acc = guard[10:20]  # d = 10 inside a larger buffer
+    acc.zero_()
+    idx = torch.tensor([-1, 3, 10, 2**40], device=tdevice)
+    scatter_add_triton(acc, idx, torch.ones(4, device=tdevice), 1.0)
+    assert guard[:10].eq(7).all() and guard[20:].eq(7).all()
+    assert acc.cpu().tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
