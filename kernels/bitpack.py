@@ -13,7 +13,6 @@ This module is the torch twin; :mod:`.bitpack_triton` has the kernels.
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
 
 import torch
 
@@ -36,17 +35,6 @@ def words_for(nfields: int, width: int) -> int:
     return (nfields * width + 31) // 32
 
 
-@lru_cache(maxsize=64)
-def _shift_table(width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each word p of a 32-field group and field j: shift of field j into word p, and
-    whether field j has any bit in word p. Shapes [width, 32]."""
-    j = torch.arange(32, device=device)
-    p = torch.arange(width, device=device)[:, None]
-    shift = j * width - 32 * p
-    touches = (shift > -width) & (shift < 32)
-    return shift, touches
-
-
 def pack_words(codes: torch.Tensor, width: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Pack integer ``codes`` (each in ``[0, 2**width)``) into int32 words.
 
@@ -60,17 +48,18 @@ def pack_words(codes: torch.Tensor, width: int, out: torch.Tensor | None = None)
     groups = (n + 31) // 32
     c = torch.zeros(groups * 32, dtype=torch.int64, device=codes.device)
     c[:n] = codes.reshape(-1)
-    c = c.view(groups, 32)
-    if width == 1:
-        words = (c << torch.arange(32, device=c.device)).sum(1, keepdim=True)
-    else:
-        shift, touches = _shift_table(width, c.device)
-        # [groups, width, 32] contributions of field j to word p; fields never overlap,
-        # so the sum is their bitwise OR
-        cc = c[:, None, :]
-        left = (cc << shift.clamp(0, 63)) & _M32
-        right = cc >> (-shift).clamp(0, 63)
-        words = torch.where(touches, torch.where(shift >= 0, left, right), 0).sum(2)
+    if 32 % width == 0:  # fields never straddle words: one shift-and-sum per word
+        per_word = 32 // width
+        shifts = torch.arange(per_word, device=c.device) * width
+        words = (c.view(-1, per_word) << shifts).sum(1)
+    else:  # field j of each 32-field group lands at bit j*width of the group's stream
+        c = c.view(groups, 32)
+        words = torch.zeros(groups, width, dtype=torch.int64, device=c.device)
+        for j in range(32):
+            word, shift = divmod(j * width, 32)
+            words[:, word] |= (c[:, j] << shift) & _M32
+            if shift + width > 32:
+                words[:, word + 1] |= c[:, j] >> (32 - shift)
     words = words.reshape(-1)[:nwords]
     out.copy_(words - ((words >> 31) << 32))  # uint32 -> int32 two's complement
     return out

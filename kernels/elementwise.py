@@ -108,19 +108,29 @@ def _bucket_values(values: torch.Tensor, fmt: Format, lo: int, hi: int) -> torch
     """Per-bucket ``values`` at elements ``lo .. hi-1``."""
     if values.numel() == 1:
         return values
-    return values[torch.arange(lo, hi, device=values.device) // fmt.bucket]
+    first = lo // fmt.bucket
+    last = -(-hi // fmt.bucket)
+    spread = values[first:last].repeat_interleave(fmt.bucket)
+    return spread[lo - first * fmt.bucket : hi - first * fmt.bucket]
 
 
-def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int, lo: int = 0):
+def uniforms(seed: int, lo: int, hi: int, device) -> torch.Tensor:
+    """``rand(seed, i)`` for elements ``lo .. hi-1`` (the draw behind each stochastic code)."""
+    return philox.rand(seed, torch.arange(lo, hi, device=device))
+
+
+def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int, lo: int = 0,
+             u: torch.Tensor | None = None):
     """``(header, codes, c)`` for the residual chunk ``r`` (elements ``lo ..``) given the
-    segment sums of the whole residual."""
+    segment sums of the whole residual (and, optionally, its uniforms ``u``)."""
     d = r.numel()
     neg = r < 0
     if fmt.kind == SIGN:
         scale = _div(sums, _f32(float(fmt.numel)))
         return scale, neg.to(torch.int64), torch.where(neg, -scale, scale)
     norm = _sqrt(sums)
-    u = philox.rand(seed, torch.arange(lo, lo + d, device=r.device))
+    if u is None:
+        u = uniforms(seed, lo, lo + d, r.device)
     if fmt.kind == SSIGN:
         half_inv = torch.where(norm > 0, _div(0.5, norm), 0.0)
         neg = u >= 0.5 + r * half_inv
@@ -153,9 +163,12 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
     words = payload.view(torch.int32)
     nh = fmt.header_words(d)
     flat = {k: t.view(-1) for k, t in state.items()}
+    # large draws in one call: the compiled Philox path (philox.COMPILE_MIN)
+    u = uniforms(seed, 0, d, r.device) if fmt.kind != SIGN and d >= philox.COMPILE_MIN else None
     for lo in range(0, d, CHUNK):
         hi = min(lo + CHUNK, d)
-        header, codes, c = quantize(fmt, r[lo:hi], sums, seed, lo)
+        header, codes, c = quantize(fmt, r[lo:hi], sums, seed, lo,
+                                    None if u is None else u[lo:hi])
         w0 = nh + lo * fmt.width // 32  # lo is a multiple of 32: chunks start on a word
         pack_words(codes, fmt.width, out=words[w0 : w0 + words_for(hi - lo, fmt.width)])
         epilogue(fusion, r[lo:hi], c, {k: t[lo:hi] for k, t in flat.items()})

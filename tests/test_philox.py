@@ -44,3 +44,19 @@ def test_seeds_and_offsets_decorrelate():
 def test_bad_seed(bad):
     with pytest.raises(ValueError, match="seed"):
         philox.rand(bad, torch.arange(3))
+
+
+@pytest.mark.slow
+def test_compiled_rounds_equal_eager(monkeypatch):
+    """Large CPU draws go through torch.compile; integer-only, so not a bit may change."""
+    monkeypatch.setattr(philox, "COMPILE_MIN", 1000)
+    monkeypatch.setattr(philox, "_compiled", None)
+    monkeypatch.delenv("GRADPACK_NO_COMPILE", raising=False)
+    offs = torch.arange(5, 5000)
+    got = philox.randint4x(2**40 + 3, offs)
+    got_u = philox.rand(2**40 + 3, offs)
+    assert philox._compiled not in (None, False), "the compiled path did not run"
+    monkeypatch.setattr(philox, "COMPILE_MIN", 10**12)
+    want = philox.randint4x(2**40 + 3, offs)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert torch.equal(got_u, philox.rand(2**40 + 3, offs))
