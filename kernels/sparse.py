@@ -52,6 +52,21 @@ def key_image(r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.bitwise_and(r.view(torch.int32), 0x7FFFFFFF, out=out)
 
 
+def keys_at_least(keys: torch.Tensor, lo: int, scratch: dict | None = None) -> torch.Tensor:
+    """Ascending indices (int64) of the keys ``>= lo``: one compare into a bool buffer, then
+    the nonzero search on it viewed as int64 words (8 flags each), expanding only the words
+    that hold a flag; for a sparse mask that is several times faster than ``nonzero``."""
+    d = keys.numel()
+    padded = -(-d // 8) * 8
+    mask = buffer(scratch, "mask", padded, torch.bool, keys.device)
+    torch.ge(keys, lo, out=mask[:d])
+    mask[d:].zero_()
+    words = mask.view(torch.int64)
+    hit = torch.nonzero(words).view(-1)
+    flags = torch.nonzero(words[hit].view(torch.uint8).view(-1, 8))  # (word, byte), ascending
+    return hit[flags[:, 0]] * 8 + flags[:, 1]
+
+
 def key_to_float(key: int) -> float:
     """The non-negative fp32 value whose key is ``key`` (as a Python float)."""
     return torch.tensor(int(key), dtype=torch.int32).view(torch.float32).item()

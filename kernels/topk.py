@@ -46,13 +46,14 @@ import math
 
 import torch
 
-from .bitpack import unpack_fields, words_for
+from .bitpack import pack_words, unpack_fields, words_for
 from .fusion import Fusion
 from .sparse import (
     accumulator,
     buffer,
     key_image,
     key_to_float,
+    keys_at_least,
     residual,
     scatter_add,
     sparse_epilogue,
@@ -104,26 +105,20 @@ def exact_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
 
     The torch twin's CPU-friendly radix select: the first digit's bin boundary comes from
     the strided sample (the key expected to have ``GUESS * k`` elements above it) and is
-    verified by one count; when the sample misjudged it (fewer than ``k`` above) a
-    ``2**15``-bin histogram of ``key >> 16`` picks the bin. Then one compaction of the
-    candidates ``key >= boundary`` and a linear-time selection among them."""
+    verified by the compaction of the candidates above it; when the sample misjudged it
+    (fewer than ``k`` candidates) a ``2**15``-bin histogram of ``key >> 16`` picks the bin
+    and the compaction is redone. Then a linear-time selection among the candidates."""
     d = keys.numel()
     if k == d:
         return torch.arange(d, device=keys.device)
-    mask = buffer(scratch, "mask", d, torch.bool, keys.device)
-    lo = None
     if d > SAMPLE:
         desc, stride = _sample_desc(r)
-        lo = _sample_key(desc, stride, k, GUESS)
-        torch.ge(keys, lo, out=mask)
-        if int(torch.count_nonzero(mask)) < k:
-            lo = None
-    if lo is None:
-        hist = torch.bincount(keys >> _L1_SHIFT, minlength=1 << (31 - _L1_SHIFT))
-        ge = hist.flip(0).cumsum(0).flip(0)  # ge[b] = #{key >> 16 >= b}
-        lo = (int((ge >= k).sum()) - 1) << _L1_SHIFT
-        torch.ge(keys, lo, out=mask)
-    cand = torch.nonzero(mask).view(-1)
+        cand = keys_at_least(keys, _sample_key(desc, stride, k, GUESS), scratch)
+        if cand.numel() >= k:
+            return _select_candidates(keys[cand], cand, k)
+    hist = torch.bincount(keys >> _L1_SHIFT, minlength=1 << (31 - _L1_SHIFT))
+    ge = hist.flip(0).cumsum(0).flip(0)  # ge[b] = #{key >> 16 >= b}
+    cand = keys_at_least(keys, (int((ge >= k).sum()) - 1) << _L1_SHIFT, scratch)
     return _select_candidates(keys[cand], cand, k)
 
 
@@ -182,11 +177,17 @@ def approx_plan(thresholds: list[int], counts: list[int], d: int,
 
 def approx_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
                          scratch: dict | None = None) -> torch.Tensor:
-    thr = sample_thresholds(r, k)
-    mask = buffer(scratch, "mask", keys.numel(), torch.bool, keys.device)
-    cand = torch.nonzero(torch.ge(keys, int(thr[-1]), out=mask)).view(-1)  # every count's
+    """The threshold mode's selection. The plan depends on the counts up to the first one
+    ``>= k`` only, so the candidates are compacted above the ``GUESS`` threshold first and
+    above the lowest threshold only when fewer than ``k`` lie above that."""
+    thresholds = sample_thresholds(r, k).tolist()
+    n = FRACTIONS.index(GUESS) + 1
+    cand = keys_at_least(keys, thresholds[n - 1], scratch)
+    if cand.numel() < k:
+        n = len(thresholds)
+        cand = keys_at_least(keys, thresholds[-1], scratch)
+    thresholds = thresholds[:n]
     ck = keys[cand]
-    thresholds = thr.tolist()
     counts = [int(torch.count_nonzero(ck >= t)) for t in thresholds]
     plan = approx_plan(thresholds, counts, keys.numel(), k)
     if plan is None:
@@ -195,30 +196,13 @@ def approx_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
 
 
 # -- payload --------------------------------------------------------------------------------
-def pack_indices(idx: torch.Tensor, width: int, out: torch.Tensor) -> torch.Tensor:
-    """:func:`.bitpack.pack_words` (same bit stream) for a sparse payload's index fields,
-    by scatter: field ``j`` is shifted into word ``(j w) >> 5`` and its overflow into the next
-    word, and the words are summed (the fields' bits are disjoint, so sum == or). ``O(K)``
-    with no ``[groups, width, 32]`` temporary, which dominates ``pack_words`` at ``K ~ 1e5``."""
-    n = idx.numel()
-    bit = torch.arange(n, device=idx.device, dtype=torch.int64) * width
-    w0 = bit >> 5
-    off = bit & 31
-    fields = idx.to(torch.int64)
-    words = torch.zeros(out.numel() + 1, dtype=torch.int64, device=idx.device)
-    words.index_add_(0, w0, (fields << off) & 0xFFFFFFFF)
-    words.index_add_(0, w0 + 1, fields >> (32 - off))
-    words = words[:-1]
-    return out.copy_(words - ((words >> 31) << 32))
-
-
 def write_payload(payload: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, d: int) -> None:
     k = vals.numel()
     w = index_width(d)
     payload[: 4 * k].view(torch.float32).copy_(vals)
     if w:
         nw = words_for(k, w)
-        pack_indices(idx, w, out=payload[4 * k : 4 * (k + nw)].view(torch.int32))
+        pack_words(idx, w, out=payload[4 * k : 4 * (k + nw)].view(torch.int32))
     payload[body_bytes(k, d) :].zero_()
 
 
