@@ -45,6 +45,10 @@ class Sparsifier(Compressor):
         # a compressor object is therefore not meant to encode from two threads at once
         self._scratch: dict = {}
 
+    def __getstate__(self) -> dict:
+        """Pickles (checkpoints, DDP hook state) carry the configuration, not the buffers."""
+        return {**self.__dict__, "_scratch": {}}
+
     def k(self, numel: int) -> int:
         """Coordinates sent for ``numel`` elements."""
         d = self._check_numel(numel)

@@ -104,6 +104,17 @@ def test_sizes_and_specs():
         c.omega(10)
 
 
+def test_pickle_drops_work_buffers():
+    import pickle
+
+    c = from_spec("topk:0.01")
+    x = make("random", 50_000)
+    p = c.encode(x)
+    assert c._scratch  # the torch path keeps its buffers between calls
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2._scratch == {} and c2.spec == c.spec and torch.equal(c2.encode(x), p)
+
+
 def test_payload_is_deterministic_and_padded():
     x = make("random", 1000)
     c = from_spec("topk:0.013")
