@@ -8,6 +8,7 @@ Triton import.
 
 __version__ = "0.1.0"
 
-from . import compressors  # noqa: E402
+from . import algorithms, comm, compressors  # noqa: E402
+from .simulator import simulate  # noqa: E402
 
-__all__ = ["__version__", "compressors"]
+__all__ = ["__version__", "algorithms", "comm", "compressors", "simulate"]
