@@ -116,10 +116,12 @@ class _Display:
                                  MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                                  TimeElapsedColumn(), console=console)
         self.tasks = {label: self.progress.add_task(f"{label}: {alg} / {comp}",
-                                                    total=cfg.steps, loss="-")
+                                                    total=cfg.steps, loss="-", start=False)
                       for label, alg, comp, _ in cfg.runs()}
 
     def __call__(self, label: str, step: int, loss: float) -> None:
+        if step == 1:  # the clock starts with training, not with the workers' start-up
+            self.progress.start_task(self.tasks[label])
         self.progress.update(self.tasks[label], completed=step, loss=f"{loss:.4f}")
 
 

@@ -83,3 +83,17 @@ def test_merge_with_disagreeing_scalar_state_is_an_error():
     table.units[0].state["rank"] = 1
     with pytest.raises(LayoutError, match="'rank'"):
         plan(table, [1, 2])
+
+
+def test_register_needs_a_ddp_model_and_config_differences_are_named():
+    import torch.nn as nn
+
+    import gradpack.ddp
+    from gradpack.algorithms import from_spec
+    from gradpack.ddp.checks import describe_difference
+
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        gradpack.ddp.register(nn.Linear(2, 2), from_spec("ef21", "topk:0.5"))
+    text = describe_difference([{"seed": 0, "compressor": "sign"},
+                                {"seed": 1, "compressor": "sign"}])
+    assert "seed: rank 0: 0, rank 1: 1" in text and "compressor" not in text
