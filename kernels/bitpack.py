@@ -65,24 +65,29 @@ def pack_words(codes: torch.Tensor, width: int, out: torch.Tensor | None = None)
     return out
 
 
-def unpack_fields(
-    words: torch.Tensor, n: int, width: int, first: int = 0, nwords: int | None = None
-) -> torch.Tensor:
-    """Fields ``first .. first+n-1`` (int64) from int32 ``words`` (``words[..., :nwords]``).
-
-    ``words`` may be [nwords] or [rows, >= nwords]; reads never leave ``words``.
-    """
+def unpack_fields(words: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """The first ``n`` fields (int64) of the 1-D int32 ``words``; reads never leave ``words``
+    (fields whose bits lie past its end read as zeros)."""
     check_width(width)
-    nwords = words.shape[-1] if nwords is None else nwords
-    bit = (torch.arange(first, first + n, device=words.device, dtype=torch.int64)) * width
-    w0 = bit >> 5
-    off = bit & 31
-    lo = words[..., :nwords].to(torch.int64) & _M32
-    w0 = w0.clamp(max=nwords - 1)
-    w1 = (w0 + 1).clamp(max=nwords - 1)
-    lo_part = lo[..., w0]
-    hi_part = torch.where(w0 + 1 < nwords, lo[..., w1], 0)
-    return (((hi_part << 32) | lo_part) >> off) & ((1 << width) - 1)
+    groups = (n + 31) // 32
+    w = torch.zeros(groups * width, dtype=torch.int64, device=words.device)
+    take = min(words.numel(), w.numel())
+    w[:take] = words[:take]
+    w &= _M32
+    mask = (1 << width) - 1
+    if 32 % width == 0:
+        per_word = 32 // width
+        shifts = torch.arange(per_word, device=w.device) * width
+        return ((w[:, None] >> shifts) & mask).view(-1)[:n]
+    w = w.view(groups, width)
+    out = torch.empty(groups, 32, dtype=torch.int64, device=w.device)
+    for j in range(32):
+        word, shift = divmod(j * width, 32)
+        field = w[:, word] >> shift
+        if shift + width > 32:
+            field = field | (w[:, word + 1] << (32 - shift))
+        out[:, j] = field & mask
+    return out.view(-1)[:n]
 
 
 def pack(
