@@ -14,7 +14,8 @@ stream (:mod:`gradpack.kernels.bitpack`), then zero padding to a multiple of 8 b
 
 Policies, the same for every compressor:
 
-- inputs may be float32, float16 or bfloat16, contiguous or not; decode returns
+- inputs may be float32, float16 or bfloat16, contiguous or not, torch tensors or any
+  DLPack array (CuPy, NumPy), taken without a copy; decode returns
   ``dtype`` (default float32) unless ``out`` is given;
 - an empty tensor, a payload of the wrong length, dtype or device, or a bad ``out``
   raises ``ValueError`` before anything is written;
@@ -175,9 +176,13 @@ class Compressor(ABC):
             raise ValueError(f"{self.spec}: at most 2**31 - 1 elements per call, got {numel}")
         return numel
 
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):
+            x = torch.from_dlpack(x)  # CuPy, NumPy, JAX arrays: zero-copy
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{self.spec}: expected a torch.Tensor, got {type(x).__name__}")
+            raise ValueError(
+                f"{self.spec}: expected a torch.Tensor or a DLPack array, got {type(x).__name__}"
+            )
         if x.dtype not in FLOAT_DTYPES:
             raise ValueError(
                 f"{self.spec}: input dtype must be one of {FLOAT_DTYPES}, got {x.dtype}"

@@ -226,3 +226,12 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         from_spec("sign", backend="triton").encode(_x(10))
+
+
+def test_dlpack_arrays_are_accepted():
+    """CuPy (on GPU) and NumPy arrays come in through DLPack without a copy."""
+    c = from_spec("qsgd:7", backend="torch")
+    x = _x(300)
+    assert torch.equal(c.encode(x.numpy(), seed=2), c.encode(x, seed=2))
+    with pytest.raises(ValueError, match="DLPack"):
+        c.encode([1.0, 2.0])
