@@ -16,8 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def dense_allocations(fn: Callable[[], object], d: int, device: torch.device) -> list[int]:
-    """Sizes in bytes of the dense-sized allocations made while running ``fn()``."""
+def allocations(fn: Callable[[], object], device: torch.device) -> list[int]:
+    """Sizes in bytes of the (net, per-op) allocations made while running ``fn()``."""
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -29,6 +29,15 @@ def dense_allocations(fn: Callable[[], object], d: int, device: torch.device) ->
             continue
         used = event.self_cpu_memory_usage if device.type == "cpu" else getattr(
             event, "self_device_memory_usage", 0)
-        if used >= 2 * d:
+        if used > 0:
             sizes.append(int(used))
     return sizes
+
+
+def describe(fn, baseline_fn, d: int, n: int, device: torch.device) -> str:
+    """One line: dense-size allocations (>= 2d bytes) of ``fn`` and of the baseline."""
+    ours, theirs = allocations(fn, device), allocations(baseline_fn, device)
+    dense = [s for s in ours if s >= 2 * d]
+    return (f"allocations >= 2d bytes for {n} payloads: {len(dense)} "
+            f"(largest allocation {max(ours, default=0) / 1024:.0f} KiB); "
+            f"baseline {sum(s >= 2 * d for s in theirs)}")

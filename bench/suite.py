@@ -13,7 +13,7 @@ from gradpack.kernels import philox
 from gradpack.kernels.fusion import Fusion
 
 from . import results
-from .alloc import dense_allocations
+from .alloc import describe
 from .baselines import EF14_LR, baseline
 from .roofline import OPS, copy_gbps, op_bytes
 from .timing import median_time
@@ -105,10 +105,7 @@ def bench_spec(run: Run, spec: str, x: torch.Tensor, copy: float, n: int, ops=OP
         base_s = run.time(base_fn) if base_fn else None
         note = ""
         if op == "decode_sum":
-            ours = dense_allocations(fn, d, x.device)
-            theirs = dense_allocations(base_fn, d, x.device)
-            note = (f"dense-size allocations for {n} payloads: {len(ours)} "
-                    f"(max {max(ours, default=0) / d:.0f} B/elem); baseline {len(theirs)}")
+            note = describe(fn, base_fn, d, n, x.device)
         run.add(op, spec, d, seconds, op_bytes(op, d, P, n), copy, (base_name, base_s), note)
 
 

@@ -25,7 +25,7 @@ class DigitsCNN(nn.Module):
 
 class TinyLM(nn.Module):
     """Byte-level causal transformer: embedding + learned positions, ``layers`` pre-norm
-    encoder blocks with a causal mask, tied output head."""
+    encoder blocks with a causal mask, tied output head; ~120k parameters."""
 
     def __init__(self, *, context: int = 64, dim: int = 64, heads: int = 4, layers: int = 2,
                  vocab: int = 256):
@@ -37,6 +37,7 @@ class TinyLM(nn.Module):
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.embed.weight, std=0.02)  # tied head: small logits, loss ln(256)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]

@@ -247,11 +247,10 @@ def read_payloads(payloads: torch.Tensor, k: int, d: int, backend: str, name: st
     nw = words_for(k, w)
     words = payloads[:, 4 * k : 4 * (k + nw)].view(torch.int32)
     if backend == "triton":
-        from .bitpack_triton import unpack_triton
-
-        idx = torch.stack([unpack_triton(words[i], k, w) for i in range(n)])
+        from .bitpack_triton import unpack_triton as unpack
     else:
-        idx = unpack_fields(words, k, w)
+        unpack = unpack_fields
+    idx = torch.stack([unpack(words[i], k, w) for i in range(n)])
     bad = ((idx < 0) | (idx >= d)).any(1)
     if k > 1:
         bad |= (idx[:, 1:] <= idx[:, :-1]).any(1)
