@@ -59,7 +59,8 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
                 tl.store(words_ptr, scale.to(tl.int32, bitcast=True))
         elif KIND == 4:  # ssign: n = ||r||, P(+) = 1/2 + r / (2n)
             norm = tl.math.sqrt_rn(tl.load(sums_ptr))
-            half_inv = tl.where(norm > 0, tl.math.div_rn(tl.zeros_like(norm) + 0.5, tl.where(norm > 0, norm, 1.0)), 0.0)
+            safe = tl.where(norm > 0, norm, 1.0)
+            half_inv = tl.where(norm > 0, tl.math.div_rn(tl.zeros_like(norm) + 0.5, safe), 0.0)
             rnd = tl.rand(seed, offs)
             neg = rnd >= 0.5 + r * half_inv
             c = tl.where(neg, -norm, norm)
