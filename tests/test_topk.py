@@ -139,6 +139,7 @@ def test_approx_contraction(kind, d, ratio):
     norm2 = float(x.double().square().sum())
     err_approx = float((approx.decode(p, d).double() - x.double()).square().sum())
     err_exact = float((exact.decode(exact.encode(x), d).double() - x.double()).square().sum())
+    assert err_exact <= (1 - k / d) * norm2 * (1 + 1e-9) + 1e-30
     assert err_exact <= err_approx * (1 + 1e-12) + 1e-30
     assert err_approx <= (1 - k / d) * norm2 * (1 + 1e-9) + 1e-30
 
