@@ -37,9 +37,9 @@ def bounded(hi: torch.Tensor, lo: torch.Tensor, d: int) -> torch.Tensor:
     return (hi * d + ((lo * d) >> 32)) >> 32
 
 
-def draws_torch(seed: int, m: int, d: int) -> torch.Tensor:
+def draws_torch(seed: int, m: int, d: int, device="cpu") -> torch.Tensor:
     """The first ``m`` draws of the stream (int64 in ``[0, d)``)."""
-    q = torch.arange((m + 1) // 2, dtype=torch.int64)
+    q = torch.arange((m + 1) // 2, dtype=torch.int64, device=device)
     c0, c1, c2, c3 = philox.randint4x(seed, q)
     return torch.stack((bounded(c0, c1, d), bounded(c2, c3, d)), 1).view(-1)[:m]
 
@@ -78,7 +78,7 @@ def indices(seed: int, d: int, k: int, device, backend: str) -> torch.Tensor:
 
             draws = draws_triton(seed, n, d, device)
         else:
-            draws = draws_torch(seed, n, d).to(device)
+            draws = draws_torch(seed, n, d, device)
         chosen = first_distinct(draws, m)
         if chosen is not None:
             break
