@@ -46,6 +46,13 @@ def aligned_bytes(bits: int) -> int:
     return -(-bits // (8 * ALIGN)) * ALIGN
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No inf or nan in ``x``: nan propagates into min and max, +-inf shows in them (one
+    reduction pass, an order of magnitude cheaper than ``isfinite(x).all()`` on CPU)."""
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 class Compressor(ABC):
     """Base class: argument checking and allocation; subclasses implement ``_encode`` and
     ``_decode_sum`` for both backends."""
@@ -105,7 +112,7 @@ class Compressor(ABC):
         check_state(fusion, x, state)
         d = x.numel()
         payload = self._payload_out(out, d, x.device)
-        if self.check_finite and not bool(torch.isfinite(x).all()):
+        if self.check_finite and not _all_finite(x):
             raise ValueError(
                 f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
                 "and no state was changed"
