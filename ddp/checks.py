@@ -61,14 +61,18 @@ def check_same_config(config: dict, group, device: torch.device) -> None:
     raise ConfigMismatchError(describe_difference(configs))
 
 
-def describe_difference(configs: list[dict]) -> str:
+def describe_difference(configs: list[dict], labels: list[str] | None = None,
+                        what: str = "ranks registered different configurations") -> str:
+    """One line per differing field, with each config's value (labelled ``rank r``)."""
+    labels = labels or [f"rank {r}" for r in range(len(configs))]
     lines = []
     for key in sorted({k for c in configs for k in c}):
         values = [json.dumps(c.get(key), sort_keys=True, default=str) for c in configs]
         if len(set(values)) > 1:
-            per_rank = ", ".join(f"rank {r}: {_short(v)}" for r, v in enumerate(values))
-            lines.append(f"  {key}: {per_rank}")
-    return "gradpack.ddp: ranks registered different configurations:\n" + "\n".join(lines)
+            each = ", ".join(f"{label}: {_short(v)}" for label, v in zip(labels, values,
+                                                                          strict=True))
+            lines.append(f"  {key}: {each}")
+    return f"gradpack.ddp: {what}:\n" + "\n".join(lines)
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -122,12 +122,9 @@ class HookState:
         if sd.get("format") != FORMAT:
             raise ValueError(f"gradpack.ddp: unknown hook checkpoint format {sd.get('format')!r}")
         if sd["config"] != self.config():
-            raise ConfigMismatchError(
-                describe_difference([sd["config"], self.config()]).replace(
-                    "ranks registered different configurations",
-                    f"rank {self.rank}: checkpoint (rank 0 below) and this hook (rank 1 below) "
-                    "differ")
-            )
+            raise ConfigMismatchError(describe_difference(
+                [sd["config"], self.config()], ["checkpoint", "this hook"],
+                f"rank {self.rank}: the checkpoint's configuration differs from this hook's"))
         if sd["rank"] != self.rank:
             raise ValueError(
                 f"gradpack.ddp: this checkpoint holds rank {sd['rank']}'s error-feedback state "
