@@ -19,9 +19,12 @@ import datetime
 import os
 import queue as queue_module
 import re
+import warnings
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from gradpack.algorithms import from_spec
 
 from . import train_report
 from .train_worker import TrainConfig, free_port, resolve_backend, spawn_entry, train_rank
@@ -86,6 +89,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
     if cfg.workers < 1 or cfg.steps < 1:
         raise SystemExit("gradpack train: --workers and --steps must be >= 1")
+    try:  # a bad spec fails here, before any worker starts
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from_spec(cfg.algorithm, cfg.compressor, **cfg.hparams)
+    except ValueError as e:
+        raise SystemExit(f"gradpack train: {e}") from None
     return cfg
 
 
@@ -179,7 +188,11 @@ def run(args: argparse.Namespace) -> int:
     if leader:
         console.print(title)
     display = _Display(cfg, console) if leader else None
-    results = _torchrun(cfg, display) if torchrun else _spawn(cfg, display)
+    try:
+        results = _torchrun(cfg, display) if torchrun else _spawn(cfg, display)
+    except mp.ProcessRaisedException as e:  # a worker's own traceback says what and where
+        console.print(f"[red]gradpack train: a worker failed[/red]\n{e}")
+        return 1
     if not leader:
         return 0
     out_dir = _out_dir(args, cfg)

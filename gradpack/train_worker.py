@@ -35,7 +35,7 @@ class TrainConfig:
     workers: int = 2
     steps: int = 400
     batch_size: int = 32
-    lr: float = 0.1
+    lr: float = 0.2
     momentum: float = 0.0
     seed: int = 0
     backend: str = "auto"
