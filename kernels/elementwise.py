@@ -119,31 +119,39 @@ def uniforms(seed: int, lo: int, hi: int, device) -> torch.Tensor:
     return philox.rand(seed, torch.arange(lo, hi, device=device))
 
 
-def quantize(fmt: Format, r: torch.Tensor, sums: torch.Tensor, seed: int, lo: int = 0,
+def header_stats(fmt: Format, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-segment quantities of the header, computed once per encode: the header itself
+    and the factors each element of the segment is scaled by."""
+    if fmt.kind == SIGN:
+        return {"header": _div(sums, _f32(float(fmt.numel)))}
+    norm = _sqrt(sums)
+    if fmt.kind == SSIGN:
+        return {"header": norm, "half_inv": torch.where(norm > 0, _div(0.5, norm), 0.0)}
+    levels = _f32(float(fmt.levels))
+    return {"header": norm, "inv": torch.where(norm > 0, _div(levels, norm), 0.0),
+            "step": _div(norm, levels)}
+
+
+def quantize(fmt: Format, r: torch.Tensor, stats: dict, seed: int, lo: int = 0,
              u: torch.Tensor | None = None):
-    """``(header, codes, c)`` for the residual chunk ``r`` (elements ``lo ..``) given the
-    segment sums of the whole residual (and, optionally, its uniforms ``u``)."""
+    """``(codes, c)`` for the residual chunk ``r`` (elements ``lo ..``) given the
+    :func:`header_stats` of the whole residual (and, optionally, its uniforms ``u``)."""
     d = r.numel()
     neg = r < 0
+    header = stats["header"]
     if fmt.kind == SIGN:
-        scale = _div(sums, _f32(float(fmt.numel)))
-        return scale, neg.to(torch.int64), torch.where(neg, -scale, scale)
-    norm = _sqrt(sums)
+        return neg.to(torch.int64), torch.where(neg, -header, header)
     if u is None:
         u = uniforms(seed, lo, lo + d, r.device)
     if fmt.kind == SSIGN:
-        half_inv = torch.where(norm > 0, _div(0.5, norm), 0.0)
-        neg = u >= 0.5 + r * half_inv
-        return norm, neg.to(torch.int64), torch.where(neg, -norm, norm)
-    levels = _f32(float(fmt.levels))
-    inv = _bucket_values(torch.where(norm > 0, _div(levels, norm), 0.0), fmt, lo, lo + d)
-    step = _bucket_values(_div(norm, levels), fmt, lo, lo + d)
-    a = r.abs() * inv
-    floor = a.floor()
-    level = torch.minimum(floor + (u < a - floor).to(torch.float32), levels)
-    c = level * step
+        neg = u >= 0.5 + r * stats["half_inv"]
+        return neg.to(torch.int64), torch.where(neg, -header, header)
+    a = r.abs() * _bucket_values(stats["inv"], fmt, lo, lo + d)
+    floor = a.to(torch.int32).to(torch.float32)  # a >= 0: truncation is floor (and fast)
+    level = torch.minimum(floor + (u < a - floor).to(torch.float32), _f32(float(fmt.levels)))
+    c = level * _bucket_values(stats["step"], fmt, lo, lo + d)
     codes = level.to(torch.int64) | (neg.to(torch.int64) << fmt.level_bits)
-    return norm, codes, torch.where(neg, -c, c)
+    return codes, torch.where(neg, -c, c)
 
 
 def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tensor):
@@ -165,18 +173,28 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
     flat = {k: t.view(-1) for k, t in state.items()}
     # large draws in one call: the compiled Philox path (philox.COMPILE_MIN)
     u = uniforms(seed, 0, d, r.device) if fmt.kind != SIGN and d >= philox.COMPILE_MIN else None
+    stats = header_stats(fmt, sums)
     for lo in range(0, d, CHUNK):
         hi = min(lo + CHUNK, d)
-        header, codes, c = quantize(fmt, r[lo:hi], sums, seed, lo,
-                                    None if u is None else u[lo:hi])
+        codes, c = quantize(fmt, r[lo:hi], stats, seed, lo, None if u is None else u[lo:hi])
         w0 = nh + lo * fmt.width // 32  # lo is a multiple of 32: chunks start on a word
         pack_words(codes, fmt.width, out=words[w0 : w0 + words_for(hi - lo, fmt.width)])
         epilogue(fusion, r[lo:hi], c, {k: t[lo:hi] for k, t in flat.items()})
-    words[:nh] = header.view(torch.int32)
+    words[:nh] = stats["header"].view(torch.int32)
 
 
-def decode_chunk_torch(fmt: Format, row: torch.Tensor, d: int, lo: int, hi: int):
-    """fp32 values of elements ``lo .. hi-1`` of one payload (``row``: uint8, trusted length)."""
+def row_steps(fmt: Format, row: torch.Tensor, d: int) -> torch.Tensor | None:
+    """QSGD's per-bucket ``n_b / S`` of one payload (computed once per row)."""
+    if fmt.kind != QSGD:
+        return None
+    header = row.view(torch.int32)[: fmt.header_words(d)].view(torch.float32)
+    return _div(header, _f32(float(fmt.levels)))
+
+
+def decode_chunk_torch(fmt: Format, row: torch.Tensor, d: int, lo: int, hi: int,
+                       steps: torch.Tensor | None = None):
+    """fp32 values of elements ``lo .. hi-1`` of one payload (``row``: uint8, trusted length;
+    ``steps``: its :func:`row_steps`)."""
     if fmt.kind == FP32:
         return row[4 * lo : 4 * hi].view(torch.float32)
     if fmt.kind in (FP16, BF16):
@@ -191,7 +209,7 @@ def decode_chunk_torch(fmt: Format, row: torch.Tensor, d: int, lo: int, hi: int)
     header = words[:nh].view(torch.float32)
     if fmt.kind in (SIGN, SSIGN):
         return torch.where(fields == 1, -header, header)
-    step = _bucket_values(_div(header, _f32(float(fmt.levels))), fmt, lo, hi)
+    step = _bucket_values(row_steps(fmt, row, d) if steps is None else steps, fmt, lo, hi)
     c = (fields & ((1 << fmt.level_bits) - 1)).to(torch.float32) * step
     return torch.where((fields >> fmt.level_bits) == 1, -c, c)
 
@@ -203,9 +221,10 @@ def decode_sum_torch(fmt: Format, payloads, d: int, out, scale: float, add: bool
         acc.zero_()
     scale_t = _f32(scale)
     for row in payloads:
+        steps = row_steps(fmt, row, d)
         for lo in range(0, d, CHUNK):
             hi = min(lo + CHUNK, d)
-            c = decode_chunk_torch(fmt, row, d, lo, hi)
+            c = decode_chunk_torch(fmt, row, d, lo, hi, steps)
             acc[lo:hi] += c if scale == 1.0 else c * scale_t
     if acc is not flat:
         flat.copy_(acc)
