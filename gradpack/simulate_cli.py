@@ -37,17 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", choices=["up", "total"], default="up",
                    help="x axis of the bits plots: uplink or uplink + downlink per worker")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (the presets are many tiny ops: 1 is fastest)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--out", type=Path, default=Path("simulate-out"), help="output directory")
     p.add_argument("--no-plot", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
+    torch.set_num_threads(args.threads)
     exp = EXPERIMENTS[args.experiment]
     runs = tuple(Run.parse(r) for r in args.run) if args.run else exp.runs
     steps = args.steps if args.steps is not None else exp.steps

@@ -108,6 +108,8 @@ def test_logreg_gradient_matches_finite_differences(dataset):
         e[j] = eps
         fd = (p.loss_fn(x + e) - p.loss_fn(x - e)) / (2 * eps)
         assert g[j].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    per_worker = sum(f(x, 0) for f in p.grad_fns) / p.n  # f = (1/n) sum_i f_i
+    torch.testing.assert_close(g, per_worker, rtol=1e-12, atol=1e-12)
     stoch = logreg(dataset, n=4, seed=0, batch=1)
     assert torch.equal(stoch.grad_fns[1](x, 5), stoch.grad_fns[1](x, 5))
     assert not torch.equal(stoch.grad_fns[1](x, 5), stoch.grad_fns[1](x, 6))
