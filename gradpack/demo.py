@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     d = grad.numel()
     specs = args.specs or [s for s in DEFAULT_SPECS if s.split(":")[0] in names()]
     table = Table(title=f"gradpack compressors on a real gradient (MLP on digits, d = {d:,})")
-    for col in ("spec", "wire bits", "payload bytes", "ratio vs fp32", "rel. error ||C(x)-x||/||x||"):
+    columns = ("spec", "wire bits", "payload bytes", "ratio vs fp32", "||C(x)-x|| / ||x||")
+    for col in columns:
         table.add_column(col, justify="right" if col != "spec" else "left")
     for spec in specs:
         c = from_spec(spec, backend=args.backend)
