@@ -1,8 +1,8 @@
 """Timing: warm up, then the median of repeated calls, with device synchronisation.
 
-A call slower than ``slow_s`` is not repeated: its first run is the sample (the torch
-CPU path has no compilation or autotuning to warm up, and the slow ops would otherwise
-dominate the run).
+The first call is always a warm-up, never a sample (it may compile: Triton kernels, the
+compiled Philox of the CPU path). After a warm-up slower than ``slow_s`` a single timed
+call is the sample, so slow ops do not dominate the run.
 """
 
 from __future__ import annotations
@@ -37,5 +37,5 @@ def median_time(
     """Median wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up."""
     first = _once(fn, device)
     if first > slow_s:
-        return first
+        return _once(fn, device)
     return statistics.median(_once(fn, device) for _ in range(max(1, repeats)))

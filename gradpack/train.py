@@ -31,13 +31,15 @@ from .train_worker import TrainConfig, free_port, resolve_backend, spawn_entry, 
 
 MODEL_DEFAULTS = {  # per model: steps, batch size, lr, eval every
     "cnn": {"steps": 400, "batch_size": 32, "lr": 0.2, "eval_every": 50},
+    "mlp": {"steps": 300, "batch_size": 32, "lr": 0.1, "eval_every": 25},
     "lm": {"steps": 300, "batch_size": 16, "lr": 0.3, "eval_every": 50},
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODEL_DEFAULTS), default="cnn",
-                   help="cnn: digits CNN (default); lm: byte-level transformer on stdlib text")
+                   help="cnn: digits CNN (default); mlp: wide digits MLP (4.3M parameters, "
+                   "communication-bound); lm: byte-level transformer on stdlib text")
     p.add_argument("--algorithm", default="ef21",
                    help="dcgd, ef14, ef21 (default), ef21-sgdm, ef21-sgd2m, dore")
     p.add_argument("--compressor", default="topk:0.05",

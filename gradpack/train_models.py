@@ -1,5 +1,6 @@
-"""Models for ``gradpack train``: a small CNN for 8x8 digits, a small byte-level
-transformer language model."""
+"""Models for ``gradpack train``: a small CNN for 8x8 digits, a wide MLP for the same
+digits (4.3M parameters: communication-bound on purpose, for slow-link runs), a small
+byte-level transformer language model."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class WideMLP(nn.Module):
+    """64 -> width -> width -> 10 with ReLU; 4.3M parameters at the default width 2048."""
+
+    def __init__(self, width: int = 2048):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(),
+                                 nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class TinyLM(nn.Module):
@@ -51,6 +64,8 @@ class TinyLM(nn.Module):
 def build(name: str, **kw) -> nn.Module:
     if name == "cnn":
         return DigitsCNN()
+    if name == "mlp":
+        return WideMLP()
     if name == "lm":
         return TinyLM(**kw)
-    raise ValueError(f"unknown model {name!r}; known: cnn, lm")
+    raise ValueError(f"unknown model {name!r}; known: cnn, mlp, lm")

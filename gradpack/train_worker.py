@@ -73,12 +73,15 @@ def resolve_backend(backend: str, world: int) -> str:
     return "gloo"
 
 
+DIGITS_MODELS = ("cnn", "mlp")
+
+
 class Task:
     """Data, model factory, loss and evaluation for one ``--model``."""
 
     def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        if cfg.model == "cnn":
+        if cfg.model in DIGITS_MODELS:
             self.train, self.test = train_data.digits(cfg.seed)
         elif cfg.model == "lm":
             self.train_text, self.val_text = train_data.text_splits(cfg.text_bytes)
@@ -89,7 +92,7 @@ class Task:
             win = torch.stack([self.val_text[s:s + cfg.context + 1] for s in starts.tolist()])
             self.val = (win[:, :-1], win[:, 1:])
         else:
-            raise ValueError(f"unknown model {cfg.model!r}; known: cnn, lm")
+            raise ValueError(f"unknown model {cfg.model!r}; known: cnn, mlp, lm")
 
     def model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.seed)
@@ -98,7 +101,7 @@ class Task:
 
     def batch(self, batches: train_data.Batches):
         cfg = self.cfg
-        if cfg.model == "cnn":
+        if cfg.model in DIGITS_MODELS:
             x, y = batches.classification(self.train, self.rank, self.world, cfg.batch_size)
         else:
             x, y = batches.text(self.train_text, self.rank, self.world, cfg.batch_size,
@@ -112,7 +115,7 @@ class Task:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         model.eval()
-        if self.cfg.model == "cnn":
+        if self.cfg.model in DIGITS_MODELS:
             x, y = self.test.x.to(self.device), self.test.y.to(self.device)
             out = model(x)
             metrics = {"test_loss": self.loss(out, y).item(),
@@ -138,6 +141,7 @@ def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     batches = train_data.Batches(cfg.seed, rank)
     losses, evals = [], []
+    eval_s = 0.0  # evaluation time, left out of the training clock
     t0 = time.perf_counter()
     for k in range(cfg.steps):
         x, y = task.batch(batches)
@@ -147,7 +151,10 @@ def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
         opt.step()
         losses.append(loss.item())
         if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
-            evals.append({"step": k + 1, **task.evaluate(ddp.module)})
+            t_eval = time.perf_counter()
+            evals.append({"step": k + 1, "time_s": t_eval - t0 - eval_s,
+                          **task.evaluate(ddp.module)})
+            eval_s += time.perf_counter() - t_eval
         if sink is not None:
             sink(label, k + 1, losses[-1])
     if device.type == "cuda":

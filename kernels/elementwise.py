@@ -161,16 +161,20 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
         payload[: 4 * d].view(torch.float32).copy_(r)
         epilogue(fusion, r, r, state)
         return
+    flat = {k: t.view(-1) for k, t in state.items()}
     if fmt.kind in (FP16, BF16):
-        low = r.clamp(-FP16_MAX, FP16_MAX).half() if fmt.kind == FP16 else to_bf16(r)
-        payload[: 2 * d].view(low.dtype).copy_(low)
-        epilogue(fusion, r, low.float(), state)
+        out = payload[: 2 * d].view(torch.float16 if fmt.kind == FP16 else torch.bfloat16)
+        for lo in range(0, d, CHUNK):
+            hi = min(lo + CHUNK, d)
+            rc = r[lo:hi]
+            low = rc.clamp(-FP16_MAX, FP16_MAX).half() if fmt.kind == FP16 else to_bf16(rc)
+            out[lo:hi] = low
+            epilogue(fusion, rc, low.float(), {k: t[lo:hi] for k, t in flat.items()})
         return
     sums = tree_sum_rows(r.abs() if fmt.kind == SIGN else r * r, fmt.segment(d))
     fmt = Format(fmt.kind, fmt.width, fmt.levels, fmt.bucket, d)
     words = payload.view(torch.int32)
     nh = fmt.header_words(d)
-    flat = {k: t.view(-1) for k, t in state.items()}
     # large draws in one call: the compiled Philox path (philox.COMPILE_MIN)
     u = uniforms(seed, 0, d, r.device) if fmt.kind != SIGN and d >= philox.COMPILE_MIN else None
     stats = header_stats(fmt, sums)

@@ -108,7 +108,7 @@ def test_fused_equals_unfused_reference(spec, fusion):
         assert torch.equal(state[k], ref[k]), k
 
 
-@pytest.mark.parametrize("spec", ["sign", "ssign", "qsgd:7:1000", "qsgd:3:5"])
+@pytest.mark.parametrize("spec", ["sign", "ssign", "qsgd:7:1000", "qsgd:3:5", "fp16", "bf16"])
 def test_torch_chunking_is_invisible(spec, monkeypatch):
     """The torch path walks large tensors in cache-sized chunks; that changes no bit."""
     from gradpack.kernels import elementwise
