@@ -51,7 +51,7 @@ def _mul_hilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mid >> 16, ((mid & 0xFFFF) << 16) | (t_lo & 0xFFFF)
 
 
-COMPILE_MIN = 1 << 20
+COMPILE_MIN = 1 << 18
 _compiled = None  # the compiled rounds, False once compiling failed
 
 
