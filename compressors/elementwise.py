@@ -4,14 +4,17 @@ codes, and both directions go to the fused kernels."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from gradpack.kernels import elementwise as ew
 
 from .base import Compressor
 
 
 class ElementwiseCompressor(Compressor):
+    @abstractmethod
     def format(self, numel: int) -> ew.Format:
-        raise NotImplementedError
+        """The code this compressor writes for ``numel`` elements."""
 
     def wire_bits(self, numel: int) -> int:
         fmt = self.format(self._check_numel(numel))
