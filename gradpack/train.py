@@ -168,9 +168,12 @@ def _torchrun(cfg: TrainConfig, display: _Display | None) -> dict | None:
                             timeout=datetime.timedelta(seconds=cfg.timeout_s))
     try:
         if display is None:
-            return train_rank(cfg, rank, world, int(os.environ["LOCAL_RANK"]), None)
-        with display.progress:
-            return train_rank(cfg, rank, world, int(os.environ["LOCAL_RANK"]), display)
+            result = train_rank(cfg, rank, world, int(os.environ["LOCAL_RANK"]), None)
+        else:
+            with display.progress:
+                result = train_rank(cfg, rank, world, int(os.environ["LOCAL_RANK"]), display)
+        dist.barrier()  # nobody tears down gloo while a peer is still talking to it
+        return result
     finally:
         dist.destroy_process_group()
 

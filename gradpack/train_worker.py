@@ -217,5 +217,6 @@ def spawn_entry(rank: int, cfg: TrainConfig, port: int, queue) -> None:
                             lambda label, k, loss: queue.put(("step", label, k, loss)))
         if rank == 0:
             queue.put(("done", result))
+        dist.barrier()  # nobody tears down gloo while a peer is still talking to it
     finally:
         dist.destroy_process_group()

@@ -72,6 +72,7 @@ def _worker(rank, port, out_dir):
         except ValueError as err:
             results["mismatch"] = str(err)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # tear gloo down only once every peer is done with it
     finally:
         dist.destroy_process_group()
 
