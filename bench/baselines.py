@@ -19,9 +19,11 @@ EF14_LR = 0.1
 
 
 def count(arg: str, d: int) -> int:
-    """``k`` of a ``topk:R`` / ``randk:R`` spec: an integer count, or a ratio in (0, 1]."""
-    k = int(arg) if arg.isdigit() else round(float(arg) * d)
-    return min(d, max(1, k))
+    """``k`` of a ``topk:R`` / ``randk:R`` spec, exactly as the compressor computes it (so
+    the baseline selects the same number of coordinates)."""
+    from gradpack.compressors import from_spec
+
+    return from_spec(f"topk:{arg}", backend="torch").k(d)
 
 
 def pack(codes: torch.Tensor, width: int) -> torch.Tensor:
