@@ -98,9 +98,10 @@ class Algorithm:
 
     Subclasses set ``name``, ``needs`` (``"any"``, ``"contractive"`` or ``"unbiased"``),
     ``worker_state`` and ``server_state`` (the fp32 tensors of :meth:`init_state`), and
-    implement :meth:`fusion`, :meth:`fused_state` and :meth:`aggregate`. The server topology's
-    :meth:`server_step` / :meth:`apply_downlink` default to an uncompressed fp32 downlink of
-    the direction (the papers' "master broadcasts x^{t+1}").
+    implement :meth:`fusion`, :meth:`fused_state` and :meth:`_aggregate` (``aggregate``
+    checks the arguments and calls it). The server topology's :meth:`server_step` /
+    :meth:`apply_downlink` default to an uncompressed fp32 downlink of the direction (the
+    papers' "master broadcasts x^{t+1}").
     """
 
     name: str = ""
@@ -281,6 +282,15 @@ class Algorithm:
     ) -> torch.Tensor:
         """The dense fp32 direction from the all-gathered payloads ``[n, P]``; updates the
         replicated server state. Compute only."""
+        _, n = self.check_state(state)
+        if not isinstance(gathered, torch.Tensor) or gathered.dim() != 2 or gathered.shape[0] != n:
+            got = list(gathered.shape) if isinstance(gathered, torch.Tensor) else type(gathered)
+            raise ValueError(f"{self.name}: expected [{n}, P] gathered payloads, got {got}")
+        return self._aggregate(state, gathered, step, stream, out)
+
+    def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
+                   out: torch.Tensor | None) -> torch.Tensor:
+        """The algorithm's aggregate step (``aggregate`` has checked the arguments)."""
         raise NotImplementedError
 
     def server_step(

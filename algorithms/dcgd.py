@@ -27,14 +27,7 @@ class DCGD(Algorithm):
     def fusion(self, step: int, numel: int) -> Fusion:
         return PLAIN  # C(grad f_i(x^k)), nothing fused
 
-    def aggregate(
-        self,
-        state: dict[str, Any],
-        gathered: torch.Tensor,
-        *,
-        step: int,
-        stream: int = 0,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
+                   out: torch.Tensor | None) -> torch.Tensor:
         """``(1/n) sum_i C(grad f_i(x^k))`` in one decode-and-sum pass."""
         return self._decode_mean(state, gathered, step=step, stream=stream, out=out)

@@ -110,15 +110,8 @@ class DORE(Algorithm):
             scale=-self.beta_for(numel) / self.gamma,
         )
 
-    def aggregate(
-        self,
-        state: dict[str, Any],
-        gathered: torch.Tensor,
-        *,
-        step: int,
-        stream: int = 0,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
+                   out: torch.Tensor | None) -> torch.Tensor:
         """Every rank runs the server's step on its replica (same seeds, same ``q_hat``)."""
         down = self.server_step(state, gathered, step=step, stream=stream)
         return self.apply_downlink(state, down, step=step, stream=stream, out=out)

@@ -47,15 +47,8 @@ class EF14(Algorithm):
     def fused_state(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"h": state["e_i"]}
 
-    def aggregate(
-        self,
-        state: dict[str, Any],
-        gathered: torch.Tensor,
-        *,
-        step: int,
-        stream: int = 0,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
+                   out: torch.Tensor | None) -> torch.Tensor:
         """``(1/n) sum_i Delta_i / gamma`` in one decode-and-sum pass."""
         return self._decode_mean(
             state, gathered, step=step, stream=stream, out=out, scale=1.0 / self.gamma

@@ -48,15 +48,8 @@ class EF21(Algorithm):
     def fused_state(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"h": state["g_i"]}
 
-    def aggregate(
-        self,
-        state: dict[str, Any],
-        gathered: torch.Tensor,
-        *,
-        step: int,
-        stream: int = 0,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
+                   out: torch.Tensor | None) -> torch.Tensor:
         """``g <- g + (1/n) sum_i c_i`` (one decode-and-sum pass into ``g``); returns ``g``."""
         g = state["g"]
         self._decode_mean(state, gathered, step=step, stream=stream, out=g, add=True)
