@@ -15,6 +15,9 @@ kind          width   header (fp32)                 decoded value ``c``
 ``qsgd``      1+L     ``n_b = sqrt(sum_b r^2)``     ``(-1)^neg * l * (n_b / S)``
 ============  ======  ===========================  =====================================
 
+QSGD with ``maxnorm`` (the p-norm quantization of seed 002 at ``p = inf``, as DIANA and
+DORE use it) has ``n_b = max_b |r|`` instead: the same code and decoder, a smaller variance.
+
 QSGD (Alistarh et al.): with ``a = |r| * (S / n_b)``, ``l = floor(a) + [u < a - floor(a)]``
 (clamped to ``S``), field = ``l | neg << L``, ``L = ceil(log2(S + 1))``. ``u`` is
 ``rand(seed, element index)`` (Philox, :mod:`.philox`). A zero bucket has ``n_b = 0`` and
@@ -24,14 +27,14 @@ is correctly rounded; every backend performs the same fp32 operations in the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import philox
 from .bitpack import pack_words, unpack_fields, words_for
 from .fusion import Fusion, epilogue, prologue
-from .treesum import OP_ABS, OP_SQUARE, segment_sums, tree_sum_rows
+from .treesum import OP_ABS, OP_MAX, OP_SQUARE, segment_sums, tree_sum_rows
 
 FP32, FP16, BF16, SIGN, SSIGN, QSGD = range(6)
 FP16_MAX = 65504.0
@@ -44,6 +47,7 @@ class Format:
     levels: int = 0  # QSGD's S
     bucket: int = 0  # QSGD's B
     numel: int = 0  # d, where the code depends on it (sign's mean)
+    maxnorm: bool = False  # QSGD's n_b is max |r| (p = inf), not the L2 norm
 
     @property
     def packed(self) -> bool:
@@ -63,6 +67,8 @@ class Format:
         return 1 if self.kind in (SIGN, SSIGN) else 0
 
     def stats_op(self) -> int:
+        if self.maxnorm:
+            return OP_MAX
         return OP_ABS if self.kind == SIGN else OP_SQUARE
 
     def body_bytes(self, d: int) -> int:
@@ -72,8 +78,8 @@ class Format:
         return d * self.width // 8
 
 
-def qsgd_format(levels: int, bucket: int) -> Format:
-    return Format(QSGD, 1 + levels.bit_length(), levels, bucket)
+def qsgd_format(levels: int, bucket: int, maxnorm: bool = False) -> Format:
+    return Format(QSGD, 1 + levels.bit_length(), levels, bucket, maxnorm=maxnorm)
 
 
 def _f32(x) -> torch.Tensor:
@@ -124,7 +130,7 @@ def header_stats(fmt: Format, sums: torch.Tensor) -> dict[str, torch.Tensor]:
     and the factors each element of the segment is scaled by."""
     if fmt.kind == SIGN:
         return {"header": _div(sums, _f32(float(fmt.numel)))}
-    norm = _sqrt(sums)
+    norm = sums if fmt.maxnorm else _sqrt(sums)
     if fmt.kind == SSIGN:
         return {"header": norm, "half_inv": torch.where(norm > 0, _div(0.5, norm), 0.0)}
     levels = _f32(float(fmt.levels))
@@ -171,8 +177,10 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
             out[lo:hi] = low
             epilogue(fusion, rc, low.float(), {k: t[lo:hi] for k, t in flat.items()})
         return
-    sums = tree_sum_rows(r.abs() if fmt.kind == SIGN else r * r, fmt.segment(d))
-    fmt = Format(fmt.kind, fmt.width, fmt.levels, fmt.bucket, d)
+    op = fmt.stats_op()
+    sums = tree_sum_rows(r * r if op == OP_SQUARE else r.abs(), fmt.segment(d),
+                         torch.maximum if op == OP_MAX else torch.add)
+    fmt = replace(fmt, numel=d)
     words = payload.view(torch.int32)
     nh = fmt.header_words(d)
     # large draws in one call: the compiled Philox path (philox.COMPILE_MIN)

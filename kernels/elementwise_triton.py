@@ -30,7 +30,8 @@ def bf16_bits(x):
 def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed,
                    levels, bucket, keep, take, gamma, beta,
                    MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
-                   KIND: tl.constexpr, W: tl.constexpr, G: tl.constexpr):
+                   KIND: tl.constexpr, W: tl.constexpr, G: tl.constexpr,
+                   MAXNORM: tl.constexpr):
     pid = tl.program_id(0)
     offs = (pid * G + tl.arange(0, G))[:, None] * 32 + tl.arange(0, 32)[None, :]
     mask = offs < d
@@ -69,7 +70,9 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
                 tl.store(words_ptr, norm.to(tl.int32, bitcast=True))
         else:  # qsgd
             b = offs // bucket
-            norm = tl.math.sqrt_rn(tl.load(sums_ptr + b, mask=mask, other=0.0))
+            norm = tl.load(sums_ptr + b, mask=mask, other=0.0)
+            if not MAXNORM:
+                norm = tl.math.sqrt_rn(norm)
             inv = tl.where(norm > 0, tl.math.div_rn(levels, tl.where(norm > 0, norm, 1.0)), 0.0)
             step = tl.math.div_rn(norm, levels)
             a = tl.abs(r) * inv
@@ -141,7 +144,7 @@ def encode_triton(fmt: Format, fusion: Fusion, x, state, seed, sums, payload) ->
         x, v, u, h, sums if sums is not None else x, _int32_words(payload), d, fp32(float(d)),
         fmt.header_words(d), words_for(d, fmt.width), seed, fp32(float(fmt.levels)),
         max(fmt.bucket, 1), **fusion_args(fusion), KIND=fmt.kind, W=fmt.width, G=GROUPS,
-        enable_fp_fusion=False)
+        MAXNORM=fmt.maxnorm, enable_fp_fusion=False)
 
 
 def decode_sum_triton(fmt: Format, payloads, d: int, out, scale: float, add: bool) -> None:

@@ -10,7 +10,9 @@ therefore sums a segment of ``m`` non-negative values the same way:
   zeros), sum each chunk as above, and sum the chunk sums the same way, recursively.
 
 Zeros added by padding are exact, and each pairwise add rounds once, so the Triton
-kernels (:mod:`.treesum_triton`) and this torch twin agree bit for bit.
+kernels (:mod:`.treesum_triton`) and this torch twin agree bit for bit. ``OP_MAX``
+(QSGD's max-norm) combines ``|r|`` with ``max`` in the same tree; a maximum is exact in
+any order, and the zero padding cannot exceed an ``|r|``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from .fusion import Fusion, prologue
 
 CHUNK = 1024
-OP_NONE, OP_ABS, OP_SQUARE = 0, 1, 2
+OP_NONE, OP_ABS, OP_SQUARE, OP_MAX = 0, 1, 2, 3
 
 
 def next_pow2(m: int) -> int:
@@ -32,15 +34,16 @@ def chunk_width(seglen: int) -> int:
     return next_pow2(seglen) if seglen <= CHUNK else CHUNK
 
 
-def _halve_to_one(x: torch.Tensor) -> torch.Tensor:
+def _halve_to_one(x: torch.Tensor, combine) -> torch.Tensor:
     while x.shape[1] > 1:
-        x = x[:, 0::2] + x[:, 1::2]
+        x = combine(x[:, 0::2], x[:, 1::2])
     return x[:, 0]
 
 
-def tree_sum_rows(x: torch.Tensor, seglen: int) -> torch.Tensor:
+def tree_sum_rows(x: torch.Tensor, seglen: int, combine=torch.add) -> torch.Tensor:
     """Sum consecutive segments of ``seglen`` values of the 1-D tensor ``x`` (the last
-    segment may be shorter) in the documented order. Returns [ceil(len / seglen)]."""
+    segment may be shorter) in the documented order; ``combine=torch.maximum`` takes
+    maxima of non-negative values instead. Returns [ceil(len / seglen)]."""
     d = x.numel()
     nseg = -(-d // seglen)
     width = chunk_width(seglen)
@@ -55,17 +58,18 @@ def tree_sum_rows(x: torch.Tensor, seglen: int) -> torch.Tensor:
         if full < nseg:
             padded[full, : d - full * seglen] = x[full * seglen :]
         tiles = padded.view(nseg * nchunk, width)
-    partial = _halve_to_one(tiles)
+    partial = _halve_to_one(tiles, combine)
     if nchunk == 1:
         return partial
-    return tree_sum_rows(partial, nchunk)
+    return tree_sum_rows(partial, nchunk, combine)
 
 
 def segment_sums(
     fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int, op: int
 ) -> torch.Tensor:
-    """Tree sums of ``|r|`` (``OP_ABS``) or ``r*r`` (``OP_SQUARE``) over segments of the
-    residual ``r = prologue(x)``, without touching ``state``."""
+    """Tree sums of ``|r|`` (``OP_ABS``) or ``r*r`` (``OP_SQUARE``), or maxima of ``|r|``
+    (``OP_MAX``), over segments of the residual ``r = prologue(x)``, without touching
+    ``state``."""
     r = prologue(fusion, x, state, write=False)
-    vals = r.abs_() if op == OP_ABS else r.mul_(r)
-    return tree_sum_rows(vals, seglen)
+    vals = r.mul_(r) if op == OP_SQUARE else r.abs_()
+    return tree_sum_rows(vals, seglen, torch.maximum if op == OP_MAX else torch.add)

@@ -1,4 +1,5 @@
-"""Triton kernels of :mod:`.treesum` (same order of additions, bit for bit)."""
+"""Triton kernels of :mod:`.treesum` (same order of additions, bit for bit; ``OP_MAX``
+takes maxima in the same tree)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import triton.language as tl
 
 from .fusion import PLAIN, Fusion
 from .fusion_triton import fusion_args, load_residual
-from .treesum import OP_ABS, OP_NONE, OP_SQUARE, chunk_width
+from .treesum import OP_ABS, OP_MAX, OP_NONE, OP_SQUARE, chunk_width
 
 TILE = 4096  # elements per program
 
@@ -17,7 +18,8 @@ TILE = 4096  # elements per program
 def _tree_kernel(x_ptr, v_ptr, u_ptr, h_ptr, out_ptr, d, seglen, nchunk, nrows,
                  keep, take, gamma, beta,
                  MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
-                 OP: tl.constexpr, G: tl.constexpr, P: tl.constexpr, LOG2P: tl.constexpr):
+                 OP: tl.constexpr, MAX: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
+                 LOG2P: tl.constexpr):
     row = tl.program_id(0) * G + tl.arange(0, G)  # one row = one chunk of one segment
     seg = row // nchunk
     pos = (row % nchunk)[:, None] * P + tl.arange(0, P)[None, :]
@@ -25,17 +27,20 @@ def _tree_kernel(x_ptr, v_ptr, u_ptr, h_ptr, out_ptr, d, seglen, nchunk, nrows,
     mask = (pos < seglen) & (offs < d) & (row < nrows)[:, None]
     r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
                             MOMENTUM, RESIDUAL)
-    if OP == 1:
+    if OP == 1 or OP == 3:
         r = tl.abs(r)
     elif OP == 2:
         r = r * r
     r = tl.where(mask, r, 0.0)
     for k in tl.static_range(LOG2P):
-        r = tl.sum(tl.reshape(r, [G, P >> (k + 1), 2]), axis=2)
+        if MAX:
+            r = tl.max(tl.reshape(r, [G, P >> (k + 1), 2]), axis=2)
+        else:
+            r = tl.sum(tl.reshape(r, [G, P >> (k + 1), 2]), axis=2)
     tl.store(out_ptr + row, tl.reshape(r, [G]), mask=row < nrows)
 
 
-def _launch(fusion: Fusion, x, state, seglen: int, op: int) -> torch.Tensor:
+def _launch(fusion: Fusion, x, state, seglen: int, op: int, maxima: bool) -> torch.Tensor:
     d = x.numel()
     nseg = triton.cdiv(d, seglen)
     width = chunk_width(seglen)
@@ -46,11 +51,12 @@ def _launch(fusion: Fusion, x, state, seglen: int, op: int) -> torch.Tensor:
     v, u, h = (state.get(k, x) for k in ("v", "u", "h"))
     _tree_kernel[(triton.cdiv(nrows, g),)](
         x, v, u, h, out, d, seglen, nchunk, nrows, **fusion_args(fusion),
-        OP=op, G=g, P=width, LOG2P=width.bit_length() - 1, enable_fp_fusion=False)
-    return out if nchunk == 1 else _launch(PLAIN, out, {}, nchunk, OP_NONE)
+        OP=op, MAX=maxima, G=g, P=width, LOG2P=width.bit_length() - 1,
+        enable_fp_fusion=False)
+    return out if nchunk == 1 else _launch(PLAIN, out, {}, nchunk, OP_NONE, maxima)
 
 
 def segment_sums_triton(fusion: Fusion, x, state, seglen: int, op: int) -> torch.Tensor:
     """Twin of :func:`.treesum.segment_sums`."""
-    assert op in (OP_ABS, OP_SQUARE)
-    return _launch(fusion, x, state, seglen, op)
+    assert op in (OP_ABS, OP_SQUARE, OP_MAX)
+    return _launch(fusion, x, state, seglen, op, op == OP_MAX)

@@ -11,7 +11,7 @@ from gradpack.compressors import from_spec
 from gradpack.kernels import philox
 
 ELEMENTWISE = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:3:100",
-               "qsgd:255:64", "qsgd:1:1"]
+               "qsgd:255:64", "qsgd:1:1", "qsgd:1:64:inf", "qsgd:3:inf"]
 
 
 def _x(d, seed=0):
@@ -33,12 +33,12 @@ def _np_reference(spec, x, seed):
     if spec == "ssign":
         n = np.linalg.norm(x)
         return np.where(u < 0.5 + x / (2 * n), n, -n)
-    _, levels, bucket = spec.split(":")
+    _, levels, bucket, *p = spec.split(":")
     s, b = int(levels), int(bucket)
     out = np.empty(d)
     for lo in range(0, d, b):
         xb = x[lo:lo + b]
-        n = np.linalg.norm(xb)
+        n = np.abs(xb).max() if p == ["inf"] else np.linalg.norm(xb)
         a = np.abs(xb) / n * s if n > 0 else np.zeros_like(xb)
         level = np.minimum(np.floor(a) + (u[lo:lo + b] < a - np.floor(a)), s)
         out[lo:lo + b] = np.sign(xb) * level * n / s
@@ -46,7 +46,7 @@ def _np_reference(spec, x, seed):
 
 
 @pytest.mark.parametrize("spec", ["identity", "fp16", "sign", "ssign", "qsgd:7:512",
-                                  "qsgd:3:100", "qsgd:255:64"])
+                                  "qsgd:3:100", "qsgd:255:64", "qsgd:1:64:inf", "qsgd:5:100:inf"])
 @pytest.mark.parametrize("d", [1, 9, 1000, 4097])
 def test_decode_encode_matches_definition(spec, d):
     c = from_spec(spec, backend="torch")
@@ -64,7 +64,7 @@ def test_sign_zero_encodes_plus():
     assert c.decode(c.encode(x), 4).tolist() == [1.5, 1.5, 1.5, -1.5]
 
 
-@pytest.mark.parametrize("spec", ["qsgd:7", "ssign", "sign", "qsgd:1:3"])
+@pytest.mark.parametrize("spec", ["qsgd:7", "ssign", "sign", "qsgd:1:3", "qsgd:1:3:inf"])
 def test_zero_input_decodes_to_zeros(spec):
     c = from_spec(spec, backend="torch")
     y = c.decode(c.encode(torch.zeros(1000)), 1000)
@@ -88,7 +88,7 @@ def _expected_bits(spec, d):
     if name in ("sign", "ssign"):
         return d + 32
     s = int(args[0])
-    b = int(args[1]) if len(args) > 1 else 512
+    b = int(args[1]) if len(args) > 1 and args[1] != "inf" else 512
     return math.ceil(d / b) * 32 + d * (1 + math.ceil(math.log2(s + 1)))
 
 
@@ -122,7 +122,8 @@ def test_sign_error_identity():
         assert float(err) <= (1 - c.alpha(d)) * float(x.pow(2).sum()) * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("spec", ["ssign", "qsgd:1", "qsgd:7:64", "qsgd:3:100"])
+@pytest.mark.parametrize("spec", ["ssign", "qsgd:1", "qsgd:7:64", "qsgd:3:100", "qsgd:1:64:inf",
+                                  "qsgd:3:100:inf"])
 def test_unbiased_and_variance_bound(spec):
     """Over R seeds: the mean of C(x) is within 5 standard errors of x coordinatewise
     (union bound over d = 200 coordinates: false alarm < 1e-4), and the empirical
@@ -152,6 +153,7 @@ def test_stochastic_deterministic_in_seed():
     ("nope", "unknown compressor"), ("", "non-empty"), ("qsgd", "qsgd:S"),
     ("qsgd:0", "S"), ("qsgd:x", "integer"), ("qsgd:7:0", "B"), ("qsgd:7:8:9", "qsgd:S"),
     ("sign:3", "no arguments"), ("identity:1", "no arguments"), ("qsgd:-1", "S"),
+    ("qsgd:inf", "integer"), ("qsgd:7:8:inf:inf", "qsgd:S"), ("qsgd:7:8:2", "qsgd:S"),
 ])
 def test_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match):

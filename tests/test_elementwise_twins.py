@@ -10,7 +10,7 @@ from gradpack.kernels.fusion import Fusion
 pytestmark = pytest.mark.triton
 
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:3:100", "qsgd:255:64",
-         "qsgd:1:1"]
+         "qsgd:1:1", "qsgd:1:64:inf", "qsgd:7:1000:inf"]
 SIZES = [1, 7, 8, 9, 511, 4097, 3000]
 
 
@@ -72,7 +72,8 @@ FUSIONS = [
 
 
 @pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"m{f.momentum}-{f.residual}-{f.update}")
-@pytest.mark.parametrize("spec", ["identity", "bf16", "sign", "ssign", "qsgd:7:128"])
+@pytest.mark.parametrize("spec", ["identity", "bf16", "sign", "ssign", "qsgd:7:128",
+                                  "qsgd:1:128:inf"])
 def test_fused_step(tdevice, spec, fusion):
     ct, cr = _pair(spec)
     d = 2500
@@ -89,7 +90,8 @@ def test_fused_step(tdevice, spec, fusion):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"m{f.momentum}-{f.residual}-{f.update}")
-@pytest.mark.parametrize("spec", ["identity", "fp16", "sign", "ssign", "qsgd:7:128"])
+@pytest.mark.parametrize("spec", ["identity", "fp16", "sign", "ssign", "qsgd:7:128",
+                                  "qsgd:1:128:inf"])
 def test_fused_equals_unfused_reference(spec, fusion):
     """The fused step is exactly prologue -> encode -> decode -> epilogue (fusion.py)."""
     from gradpack.kernels.fusion import epilogue, prologue
@@ -108,7 +110,8 @@ def test_fused_equals_unfused_reference(spec, fusion):
         assert torch.equal(state[k], ref[k]), k
 
 
-@pytest.mark.parametrize("spec", ["sign", "ssign", "qsgd:7:1000", "qsgd:3:5", "fp16", "bf16"])
+@pytest.mark.parametrize("spec", ["sign", "ssign", "qsgd:7:1000", "qsgd:3:5", "qsgd:1:40000:inf",
+                                  "fp16", "bf16"])
 def test_torch_chunking_is_invisible(spec, monkeypatch):
     """The torch path walks large tensors in cache-sized chunks; that changes no bit."""
     from gradpack.kernels import elementwise

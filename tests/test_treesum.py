@@ -31,13 +31,22 @@ def test_order_matches_reference(d, seglen):
     assert got.tolist() == _ref(x, seglen)
 
 
+@pytest.mark.parametrize("d,seglen", [(1, 1), (7, 3), (2500, 2500), (4097, 512)])
+def test_max_op_is_the_segment_maximum(d, seglen):
+    """OP_MAX: the maximum of |r| per segment, exactly (padding never wins)."""
+    x = -torch.randn(d, generator=torch.Generator().manual_seed(d)).abs()
+    got = treesum.segment_sums(PLAIN, x, {}, seglen, treesum.OP_MAX)
+    want = [max(abs(v) for v in x[i:i + seglen].tolist()) for i in range(0, d, seglen)]
+    assert got.tolist() == want
+
+
 FUSIONS = [PLAIN, Fusion(momentum=1, eta=0.1, residual="sub"),
            Fusion(momentum=2, eta=0.3, residual="sub"), Fusion(residual="error", gamma=0.05)]
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("fusion", FUSIONS)
-@pytest.mark.parametrize("op", [treesum.OP_ABS, treesum.OP_SQUARE])
+@pytest.mark.parametrize("op", [treesum.OP_ABS, treesum.OP_SQUARE, treesum.OP_MAX])
 @pytest.mark.parametrize("d,seglen", [(1, 1), (9, 9), (4097, 4097), (3000, 128), (5000, 1100),
                                       (2049, 100)])
 def test_triton_matches_torch(tdevice, fusion, op, d, seglen):
