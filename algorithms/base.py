@@ -54,11 +54,10 @@ import torch
 
 from gradpack.compressors import Compressor, from_spec
 from gradpack.kernels.fusion import Fusion
-from gradpack.kernels.philox import SEED_MAX, check_seed
+from gradpack.kernels.philox import M64, SEED_MAX, check_seed, mix64
 
 #: ``rank`` argument of :meth:`Algorithm.seed_for` for the server's own compression (DORE)
 SERVER = -1
-_M64 = 2**64 - 1
 
 
 class CompressorWarning(UserWarning):
@@ -83,14 +82,6 @@ def _alpha(c: Compressor) -> float:
         return c.alpha(_PROBE_NUMEL)
     except ValueError:
         return 0.0
-
-
-def _mix64(z: int) -> int:
-    """splitmix64 finaliser: a bijection of 64-bit ints with good avalanche."""
-    z = (z + 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
 
 
 class Algorithm:
@@ -176,7 +167,7 @@ class Algorithm:
                              f"stream={stream}")
         z = self.seed
         for v in (step, rank + 1, stream):
-            z = _mix64(z ^ _mix64(v & _M64))
+            z = mix64(z ^ mix64(v & M64))
         return z % SEED_MAX
 
     # -- message sizes --------------------------------------------------------------------

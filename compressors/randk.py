@@ -1,5 +1,5 @@
-"""Random-K sparsification with shared-seed indices (seed 004): ``randk:R`` and
-``randk:R:biased``.
+"""Random-K sparsification with shared-seed indices (seed 004): ``randk:R``,
+``randk:R:biased`` and ``randk:R:CODE``.
 
 Sends ``K`` coordinates forming a uniformly random ``K``-subset chosen from the seed
 (each coordinate with probability ``K/d``); the receiver regenerates the subset from the
@@ -8,14 +8,29 @@ same seed, so only values travel: ``wire_bits = 32 K``.
 - ``randk:R``: values scaled by ``d/K``: unbiased, ``omega = d/K - 1``.
 - ``randk:R:biased``: unscaled: contractive in expectation, ``alpha = K/d``
   (``E||C(x) - x||^2 = (1 - K/d)||x||^2``), the variant error feedback wants.
+- ``randk:R:CODE``: the ``K`` scaled values are sent in an unbiased elementwise code
+  instead of fp32, e.g. ``randk:0.5:qsgd:1:512:inf`` (seed 002's random sparsification
+  composed with its p-norm quantization: about 1 bit per coordinate of ``d``). The code's
+  randomness is keyed by ``derive_seed(seed, VALUE_STREAM)``, independent of the index
+  stream. Unbiased, with ``omega = (1 + omega_Q(K)) d/K - 1``: ``E||Q(R(x)) - x||^2 =
+  E||Q(R(x)) - R(x)||^2 + E||R(x) - x||^2 <= omega_Q (d/K) ||x||^2 + (d/K - 1)||x||^2``.
+  Wire: the code's bits for ``K`` elements.
 """
 
 from __future__ import annotations
 
-from gradpack.kernels import randk as kr
+import torch
 
+from gradpack.kernels import randk as kr
+from gradpack.kernels.fusion import PLAIN
+from gradpack.kernels.philox import derive_seed
+
+from .elementwise import ElementwiseCompressor
 from .sparse import Sparsifier, parse_count
-from .spec import register
+from .spec import from_spec, register
+
+#: ``tag`` of :func:`~gradpack.kernels.philox.derive_seed` for the value code's randomness
+VALUE_STREAM = 1
 
 
 @register("randk")
@@ -23,30 +38,46 @@ class RandK(Sparsifier):
     random = True
 
     def __init__(self, ratio: float | None = None, count: int | None = None, *,
-                 biased: bool = False, **kw):
+                 biased: bool = False, values: ElementwiseCompressor | None = None, **kw):
         super().__init__(ratio, count, **kw)
+        if values is not None:
+            if not isinstance(values, ElementwiseCompressor) or not values.unbiased:
+                raise ValueError(f"randk: the value code must be an unbiased elementwise "
+                                 f"compressor (qsgd:..., ssign, identity), got {values!r}")
+            if biased:
+                raise ValueError("randk: a value code needs the unbiased randk:R:CODE; "
+                                 "randk:R:biased sends fp32 values")
         self.biased = bool(biased)
         self.unbiased = not self.biased
+        self.values = values
 
     @classmethod
     def from_args(cls, args, **kw):
         spec = ":".join(["randk", *args])
-        if not 1 <= len(args) <= 2 or (len(args) == 2 and args[1] != "biased"):
-            raise ValueError(f"randk spec is randk:R or randk:R:biased, got {spec!r}")
+        if not args or args[1:] == [""]:
+            raise ValueError(f"randk spec is randk:R, randk:R:biased or randk:R:CODE, "
+                             f"got {spec!r}")
         ratio, count = parse_count(args[0], spec)
-        return cls(ratio, count, biased=len(args) == 2, **kw)
+        if args[1:] == ["biased"]:
+            return cls(ratio, count, biased=True, **kw)
+        values = from_spec(":".join(args[1:]), **kw) if len(args) > 1 else None
+        return cls(ratio, count, values=values, **kw)
 
     @property
     def spec(self) -> str:
-        return f"randk:{self._spec_args()}" + (":biased" if self.biased else "")
+        tail = ":biased" if self.biased else f":{self.values.spec}" if self.values else ""
+        return f"randk:{self._spec_args()}{tail}"
 
     def wire_bits(self, numel: int) -> int:
-        return 32 * self.k(numel)
+        k = self.k(numel)
+        return 32 * k if self.values is None else self.values.wire_bits(k)
 
     def omega(self, numel: int) -> float:
         if self.biased:
             return super().omega(numel)
-        return self._check_numel(numel) / self.k(numel) - 1.0
+        k = self.k(numel)
+        ratio = self._check_numel(numel) / k
+        return ratio - 1.0 if self.values is None else (1.0 + self.values.omega(k)) * ratio - 1.0
 
     def alpha(self, numel: int) -> float:
         if not self.biased:
@@ -54,7 +85,26 @@ class RandK(Sparsifier):
         return self.k(numel) / self._check_numel(numel)
 
     def _encode(self, fusion, x, state, seed, payload, backend) -> None:
-        kr.encode(self.unbiased, self.k(x.numel()), fusion, x, state, seed, payload, backend)
+        write = None
+        if self.values is not None:
+            code, vseed = self.values, derive_seed(seed, VALUE_STREAM)
+
+            def write(vals, out):
+                code._encode(PLAIN, vals, {}, vseed, out, backend)
+                c = torch.empty_like(vals)
+                code._decode_sum(out[None], vals.numel(), [vseed], c, 1.0, False, backend)
+                return c
+
+        kr.encode(self.unbiased, self.k(x.numel()), fusion, x, state, seed, payload, backend,
+                  write)
 
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
-        kr.decode_sum(self.k(numel), payloads, numel, seeds, out, scale, add, backend)
+        k, read = self.k(numel), None
+        if self.values is not None:
+            def read(row, seed):
+                vals = torch.empty(k, dtype=torch.float32, device=row.device)
+                self.values._decode_sum(row[None], k, [derive_seed(seed, VALUE_STREAM)], vals,
+                                        1.0, False, backend)
+                return vals
+
+        kr.decode_sum(k, payloads, numel, seeds, out, scale, add, backend, read)

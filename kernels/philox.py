@@ -35,6 +35,22 @@ _UNIFORM_SCALE = torch.tensor(4.6566127342e-10, dtype=torch.float32)
 SEED_MAX = 2**63
 
 
+M64 = 2**64 - 1
+
+
+def mix64(z: int) -> int:
+    """splitmix64 finaliser: a bijection of 64-bit ints with good avalanche."""
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def derive_seed(seed: int, tag: int) -> int:
+    """An independent key for a second stream of one ``seed`` (``tag`` names the stream)."""
+    return mix64(seed ^ mix64(tag & M64)) % SEED_MAX
+
+
 def check_seed(seed: int) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {type(seed).__name__}")

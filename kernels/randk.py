@@ -16,13 +16,16 @@ on how many draws a backend generates, and the receiver regenerates it from the 
 no index bits travel. Cost ``O(K log K)``: Philox draws, one sort, no permutation of ``d``.
 
 Payload: ``K`` fp32 values in ascending index order, ``r_i * (d / K)`` (unbiased,
-``omega = d/K - 1``) or ``r_i`` (biased, ``alpha = K/d``), then zero padding.
+``omega = d/K - 1``) or ``r_i`` (biased, ``alpha = K/d``), then zero padding. With a value
+code (``values``: the caller's pair of functions, e.g. a QSGD quantizer of the ``K``
+values) the payload is that code's instead, and the epilogue uses the values it decodes to.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 
 import torch
 
@@ -95,7 +98,23 @@ def value_scale(d: int, k: int, unbiased: bool) -> float:
     return struct.unpack("f", struct.pack("f", d / k))[0] if unbiased else 1.0
 
 
-def encode_torch(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload) -> None:
+#: ``write(vals, payload) -> c_sel``: encode the ``K`` fp32 values into the payload and
+#: return what they decode to (fp32, accumulated from ``0.0`` as a decoder does)
+WriteValues = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``read(row, seed) -> vals``: the ``K`` fp32 values of one payload row
+ReadValues = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def write_fp32(vals: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
+    """The plain value code: ``K`` fp32 values, then zero padding."""
+    k = vals.numel()
+    payload[: 4 * k].view(torch.float32).copy_(vals)
+    payload[4 * k :].zero_()
+    return vals + 0.0
+
+
+def encode_torch(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
+                 write: WriteValues | None = None) -> None:
     d = x.numel()
     idx = indices(seed, d, k, x.device, "torch")
     if fusion.is_identity:
@@ -107,30 +126,30 @@ def encode_torch(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, pa
     scale = value_scale(d, k, unbiased)
     if scale != 1.0:
         vals = vals * torch.tensor(scale, dtype=torch.float32)
-    payload[: 4 * k].view(torch.float32).copy_(vals)
-    payload[4 * k :].zero_()
+    c_sel = (write or write_fp32)(vals, payload)
     if r is not None:
-        sparse_epilogue(fusion, r, idx, vals + 0.0, state)
+        sparse_epilogue(fusion, r, idx, c_sel, state)
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-           backend: str) -> None:
-    """Write the Random-K payload of ``r = prologue(x)`` and apply the epilogue."""
+           backend: str, write: WriteValues | None = None) -> None:
+    """Write the Random-K payload of ``r = prologue(x)`` (values coded by ``write``, fp32
+    by default) and apply the epilogue."""
     if backend == "triton":
         from .randk_triton import encode_triton
 
-        encode_triton(unbiased, k, fusion, x, state, seed, payload)
+        encode_triton(unbiased, k, fusion, x, state, seed, payload, write)
     else:
-        encode_torch(unbiased, k, fusion, x, state, seed, payload)
+        encode_torch(unbiased, k, fusion, x, state, seed, payload, write)
 
 
 def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
-               backend: str) -> None:
+               backend: str, read: ReadValues | None = None) -> None:
     """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order); row ``i``'s indices come from
-    ``seeds[i]``, so only the values are read from the payload."""
-    vals = payloads[:, : 4 * k].view(torch.float32)
+    ``seeds[i]``, so only the values are read from the payload (by ``read``, or as fp32)."""
     acc = accumulator(out, add)
     for i, seed in enumerate(seeds):
-        scatter_add(acc, indices(seed, d, k, payloads.device, backend), vals[i], scale, backend)
+        vals = payloads[i, : 4 * k].view(torch.float32) if read is None else read(payloads[i], seed)
+        scatter_add(acc, indices(seed, d, k, payloads.device, backend), vals, scale, backend)
     if acc.data_ptr() != out.data_ptr():
         out.view(-1).copy_(acc)

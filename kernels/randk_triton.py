@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .fusion import Fusion
 from .fusion_triton import fusion_args, load_residual, store_state
-from .randk import indices, value_scale
+from .randk import WriteValues, indices, value_scale
 
 BLOCK = 1024
 
@@ -51,19 +51,24 @@ def _gather_kernel(x_ptr, v_ptr, u_ptr, h_ptr, idx_ptr, vals_ptr, k, keep, take,
 
 
 @triton.jit
-def _epilogue_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sel_ptr, d, keep, take, gamma, beta, scale,
-                     MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
-                     SCALED: tl.constexpr, BLOCK: tl.constexpr):
-    """Momenta and ``h`` update with ``c = where(selected, value + 0.0, 0.0)``."""
+def _epilogue_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sel_ptr, c_ptr, d, keep, take, gamma, beta,
+                     scale, MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr,
+                     UPDATE: tl.constexpr, SCALED: tl.constexpr, CODED: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """Momenta and ``h`` update with ``c = where(selected, value + 0.0, 0.0)``, or with the
+    dense ``c`` of a value code (``CODED``: zero off the selection)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
                             MOMENTUM, RESIDUAL)
-    val = r
-    if SCALED:
-        val = r * scale
-    sel = tl.load(sel_ptr + offs, mask=mask, other=0) != 0
-    c = tl.where(sel, val + 0.0, 0.0)
+    if CODED:
+        c = tl.load(c_ptr + offs, mask=mask, other=0.0)
+    else:
+        val = r
+        if SCALED:
+            val = r * scale
+        sel = tl.load(sel_ptr + offs, mask=mask, other=0) != 0
+        c = tl.where(sel, val + 0.0, 0.0)
     store_state(v_ptr, u_ptr, h_ptr, offs, mask, r, c, v, u, beta, MOMENTUM, UPDATE)
 
 
@@ -74,20 +79,32 @@ def draws_triton(seed: int, m: int, d: int, device) -> torch.Tensor:
     return out
 
 
-def encode_triton(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload) -> None:
+def encode_triton(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
+                  write: WriteValues | None = None) -> None:
     """Twin of :func:`.randk.encode_torch`."""
     d = x.numel()
     idx = indices(seed, d, k, x.device, "triton")
     scale = value_scale(d, k, unbiased)
     args = fusion_args(fusion)
     v, u, h = (state.get(name, x) for name in ("v", "u", "h"))
-    const = dict(SCALED=scale != 1.0, enable_fp_fusion=False)
+    const = dict(SCALED=scale != 1.0, CODED=write is not None, enable_fp_fusion=False)
+    if write is None:  # fp32 values straight into the payload
+        vals = payload[: 4 * k].view(torch.float32)
+    else:
+        vals = torch.empty(k, dtype=torch.float32, device=x.device)
     _gather_kernel[(triton.cdiv(k, BLOCK),)](
-        x, v, u, h, idx, payload[: 4 * k].view(torch.float32), k, scale=scale, **args,
-        BLOCK=BLOCK, **const)
-    payload[4 * k :].zero_()
+        x, v, u, h, idx, vals, k, scale=scale, SCALED=const["SCALED"], **args, BLOCK=BLOCK,
+        enable_fp_fusion=False)
+    if write is None:
+        payload[4 * k :].zero_()
+        c = x
+    else:
+        c = torch.zeros(d, dtype=torch.float32, device=x.device)
+        c[idx] = write(vals, payload)
     if not fusion.is_identity:
-        sel = torch.zeros(d, dtype=torch.uint8, device=x.device)
-        sel[idx] = 1
+        sel = c
+        if write is None:
+            sel = torch.zeros(d, dtype=torch.uint8, device=x.device)
+            sel[idx] = 1
         _epilogue_kernel[(triton.cdiv(d, BLOCK),)](
-            x, v, u, h, sel, d, scale=scale, **args, BLOCK=BLOCK, **const)
+            x, v, u, h, sel, c, d, scale=scale, **args, BLOCK=BLOCK, **const)

@@ -12,7 +12,8 @@ from gradpack.compressors import from_spec
 from gradpack.kernels import bitpack
 
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:3:7", "qsgd:15", "topk:0.1",
-         "topk:3", "topk:0.2:approx", "randk:0.25", "randk:2:biased"]
+         "topk:3", "topk:0.2:approx", "randk:0.25", "randk:2:biased", "qsgd:1:5:inf",
+         "randk:0.5:qsgd:1:8:inf"]
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,6 +1,7 @@
 """Random-K: the seeded index set (exactly K distinct, uniform marginals, shared across
 backends and "ranks"), unbiasedness and omega from theory, the biased variant's
-contraction, Triton equal to the torch twin, fused steps equal to the unfused reference."""
+contraction, quantized values (``randk:R:CODE``), Triton equal to the torch twin, fused
+steps equal to the unfused reference."""
 
 import math
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from gradpack.compressors import from_spec
+from gradpack.compressors.randk import VALUE_STREAM
 from gradpack.kernels import randk as kr
+from gradpack.kernels.philox import derive_seed
 from gradpack.kernels.fusion import Fusion, epilogue, prologue
 
 
@@ -111,6 +114,56 @@ def test_sizes_and_specs():
             from_spec(bad)
 
 
+CODED = "randk:0.5:qsgd:1:64:inf"
+
+
+def test_coded_values_sizes_and_specs():
+    """``randk:R:CODE``: the K values travel in CODE, so the wire is CODE's bits for K."""
+    c = from_spec(CODED)
+    assert c.spec == CODED and from_spec(c.spec).spec == CODED
+    assert c.k(1000) == 500 and c.wire_bits(1000) == from_spec("qsgd:1:64:inf").wire_bits(500)
+    assert c.wire_bits(1000) == 500 * 2 + 8 * 32
+    assert c.encode(torch.randn(1000)).numel() == c.payload_bytes(1000)
+    q = from_spec("qsgd:1:64:inf")
+    assert c.omega(1000) == (1 + q.omega(500)) * 2 - 1
+    assert from_spec("randk:0.5:identity").omega(1000) == 1.0
+    for bad, match in [("randk:0.5:sign", "unbiased"), ("randk:0.5:fp16", "unbiased"),
+                       ("randk:0.5:topk:0.1", "elementwise"), ("randk:0.5:", "randk:R"),
+                       ("randk:0.5:qsgd", "qsgd:S"), ("randk:0.5:nope", "unknown")]:
+        with pytest.raises(ValueError, match=match):
+            from_spec(bad)
+
+
+def test_coded_values_unbiased_and_omega():
+    """The composition is unbiased (5 standard errors per coordinate) and its error stays
+    below omega = (1 + omega_Q(K)) d/K - 1 (within 5 standard errors); at most K
+    coordinates are ever nonzero."""
+    d, n = 64, 3000
+    x = torch.randn(d, generator=torch.Generator().manual_seed(4))
+    c = from_spec("randk:0.5:qsgd:1:32:inf")
+    ys = _samples(c, x, n)
+    xd = x.double()
+    se = ys.std(0) / math.sqrt(n)
+    assert bool(((ys.mean(0) - xd).abs() <= 5 * se + 1e-12).all())
+    err = (ys - xd).square().sum(1)
+    bound = c.omega(d) * float(xd.square().sum())
+    assert float(err.mean()) <= bound + 5 * float(err.std()) / math.sqrt(n)
+    assert bool((ys.ne(0).sum(1) <= c.k(d)).all())
+
+
+def test_coded_values_decode_is_plain_randk_of_the_decoded_code():
+    """Decoding = scatter the CODE-decoded K values at the seed's indices."""
+    d = 300
+    c = from_spec("randk:0.3:qsgd:3:16:inf")
+    x = torch.randn(d, generator=torch.Generator().manual_seed(8))
+    p = c.encode(x, seed=5)
+    k = c.k(d)
+    vals = from_spec("qsgd:3:16:inf").decode(p, k, seed=derive_seed(5, VALUE_STREAM))
+    want = torch.zeros(d)
+    want[kr.indices(5, d, k, "cpu", "torch")] = vals
+    assert torch.equal(c.decode(p, d, seed=5), want)
+
+
 def test_same_seed_on_every_rank_decodes():
     """Encode on one "rank", decode-and-sum on another with each row's seed."""
     d = 500
@@ -157,7 +210,7 @@ def _reference_step(c, fusion, grad, state, seed):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"{f.residual}-{f.update}-m{f.momentum}")
-@pytest.mark.parametrize("spec", ["randk:0.1", "randk:0.1:biased"])
+@pytest.mark.parametrize("spec", ["randk:0.1", "randk:0.1:biased", "randk:0.3:qsgd:1:64:inf"])
 def test_fused_step_equals_reference(spec, fusion):
     d = 1000
     c = from_spec(spec, backend="torch")
@@ -172,7 +225,8 @@ def test_fused_step_equals_reference(spec, fusion):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("spec,d", [("randk:0.05", 3000), ("randk:0.7:biased", 500),
-                                    ("randk:1", 1), ("randk:1.0", 64)])
+                                    ("randk:1", 1), ("randk:1.0", 64),
+                                    ("randk:0.5:qsgd:1:64:inf", 3000), ("randk:0.2:ssign", 700)])
 def test_triton_matches_torch(tdevice, spec, d):
     x = torch.randn(d, generator=torch.Generator().manual_seed(6))
     t, ref = from_spec(spec, backend="triton"), from_spec(spec, backend="torch")
@@ -189,9 +243,10 @@ def test_triton_matches_torch(tdevice, spec, d):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"{f.residual}-{f.update}-m{f.momentum}")
-def test_fused_step_triton_equals_reference(tdevice, fusion):
+@pytest.mark.parametrize("spec", ["randk:0.1", "randk:0.3:qsgd:1:64:inf"])
+def test_fused_step_triton_equals_reference(tdevice, fusion, spec):
     d = 1200
-    c, ref = from_spec("randk:0.1", backend="triton"), from_spec("randk:0.1", backend="torch")
+    c, ref = from_spec(spec, backend="triton"), from_spec(spec, backend="torch")
     grad = torch.randn(d, generator=torch.Generator().manual_seed(7))
     grad[::7] = -0.0
     s_ref = _state(fusion, d, 3)
