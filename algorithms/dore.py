@@ -18,7 +18,10 @@ directions are compressed with the same unbiased ``Q``; the downlink is a real p
 message in the server topology (:meth:`DORE.server_step`).
 
 Defaults from the seed's non-convex theorem with ``C = omega``: ``alpha = 1 / (2(C+1))`` and
-``beta = 1 / (C+1)``, evaluated at the message size; ``eta = 1`` (full error compensation).
+``beta = 1 / (C+1)``, evaluated at the message size. ``eta`` defaults to ``1 / sqrt(C+1)``:
+once ``g_hat`` settles, the error recursion is ``e^{k+1} = Q(q) - q`` with ``q ~ eta e^k``,
+so ``E||e^{k+1}||^2 <= C eta^2 ||e^k||^2``, and it is mean-square stable only for
+``C eta^2 < 1``; full compensation (``eta = 1``) diverges for ``C >= 1`` (e.g. ``qsgd:1:64``).
 Worker step: one fused pass ``Fusion(residual="sub", update="add", beta=alpha)``, ``h = h_i``;
 the server's compression is a fused ``Fusion(update="error")`` pass with ``h = e``.
 """
@@ -49,18 +52,19 @@ class DORE(Algorithm):
         *,
         alpha: float | None = None,
         beta: float | None = None,
-        eta: float = 1.0,
+        eta: float | None = None,
         gamma: float = 1.0,
         seed: int = 0,
     ):
         for name, v in (("alpha", alpha), ("beta", beta)):
             if v is not None and not 0 < v <= 1:
                 raise ValueError(f"dore: {name} must be in (0, 1], got {v}")
-        if not eta >= 0:
+        if eta is not None and not eta >= 0:
             raise ValueError(f"dore: eta must be >= 0 (0: no error compensation), got {eta}")
         if not gamma > 0:
             raise ValueError(f"dore: gamma must be > 0, got {gamma}")
-        self.alpha, self.beta, self.eta, self.gamma = alpha, beta, float(eta), float(gamma)
+        self.alpha, self.beta, self.gamma = alpha, beta, float(gamma)
+        self.eta = None if eta is None else float(eta)
         super().__init__(compressor, seed=seed)
 
     @property
@@ -76,6 +80,9 @@ class DORE(Algorithm):
 
     def beta_for(self, numel: int) -> float:
         return self.beta if self.beta is not None else 1.0 / (self._omega(numel) + 1.0)
+
+    def eta_for(self, numel: int) -> float:
+        return self.eta if self.eta is not None else (self._omega(numel) + 1.0) ** -0.5
 
     def downlink_compressor(self, step: int) -> Compressor:
         return self.compressor
@@ -95,7 +102,7 @@ class DORE(Algorithm):
         delta_hat = self._decode_mean(state, gathered, step=step, stream=stream, out=None)
         q = torch.add(h, delta_hat)  # g_hat^k = h^k + Delta_hat^k
         h.add_(delta_hat.mul_(self.alpha_for(numel)))  # h^{k+1} = h^k + alpha Delta_hat^k
-        q.mul_(-self.gamma).add_(e * self.eta)  # q^k = -gamma g_hat^k + eta e^k
+        q.mul_(-self.gamma).add_(e * self.eta_for(numel))  # q^k = -gamma g_hat^k + eta e^k
         return self.compressor.step(
             _SERVER_FUSION, q, {"h": e}, seed=self.seed_for(step, SERVER, stream)
         )

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bandwidth", type=float, default=None,
                    help="modelled link bandwidth in bits/s (adds time plots)")
     p.add_argument("--latency", type=float, default=0.0, help="modelled link latency, s")
+    p.add_argument("--target", type=float, default=None, metavar="REL",
+                   help="add the bits (up + down) per worker each run needs to reach loss <= "
+                        "REL * f(x0), and their ratio to the first run's (default: the "
+                        "preset's; dore: 1e-6)")
     p.add_argument("--bits", choices=["up", "total"], default="up",
                    help="x axis of the bits plots: uplink or uplink + downlink per worker")
     p.add_argument("--seed", type=int, default=0)
@@ -71,17 +75,24 @@ def run(args: argparse.Namespace) -> int:
                                  progress=lambda k: bar.advance(task))
     elapsed = time.perf_counter() - start
 
+    target = args.target if args.target is not None else exp.target
+    to_target = [_bits_to(h, target) for _, h in results] if target else []
     table = Table(title=f"{args.experiment}: final values after {steps} steps")
     for col in ("run", "lr", "loss", "||grad f||^2", "Mbit up/w", "Mbit down/w",
-                "diverged at") + (("modelled s",) if link else ()):
+                "diverged at") + (("modelled s",) if link else ()) + (
+                (f"Mbit/w to {target:g} f(x0)", "vs first") if target else ()):
         table.add_column(col, justify="left" if col == "run" else "right")
-    for r, h in results:
+    for i, (r, h) in enumerate(results):
         row = [escape(r.label), f"{r.lr_scale:g}/L", _fmt(h.loss), _fmt(h.grad_norm_sq),
                f"{h.bits_per_worker('up')[-1] / 1e6:.4g}",
                f"{h.bits_per_worker('down')[-1] / 1e6:.4g}",
                "-" if h.diverged_at is None else str(h.diverged_at)]
         if link:
             row.append(f"{np.nanmax(h.time):.4g}")
+        if target:
+            bits, first = to_target[i], to_target[0]
+            row += ["-" if bits is None else f"{bits / 1e6:.4g}",
+                    "-" if bits is None or not first else f"{bits / first:.2%}"]
         table.add_row(*row)
     console.print(table)
 
@@ -94,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"plots: {path}")
     console.print(f"data: {args.out / f'{args.experiment}.json'}  ({elapsed:.1f} s)")
     return 0
+
+
+def _bits_to(h, target: float) -> float | None:
+    """Bits (up + down) per worker when the loss first reaches ``target * f(x0)``."""
+    hit = np.flatnonzero(h.loss <= target * h.loss[0]) if h.loss is not None else []
+    return float(h.bits_per_worker("total")[hit[0]]) if len(hit) else None
 
 
 def _fmt(arr) -> str:

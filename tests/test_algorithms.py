@@ -77,7 +77,7 @@ def _ref(alg, G):
             dh = delta_hat.mean(0)
             g_hat = h_srv + dh
             h_srv = h_srv + a * dh
-            q = -alg.gamma * g_hat + alg.eta * e_srv
+            q = -alg.gamma * g_hat + alg.eta_for(D) * e_srv
             q_hat = _C(alg, q, k, SERVER)
             e_srv = q - q_hat
             dirs.append(-b * q_hat / alg.gamma)
@@ -164,7 +164,9 @@ def test_from_spec_names_and_errors():
     with pytest.raises(ValueError, match="Compressor"):
         from_spec("ef21", object())
     alg = from_spec("dore", "qsgd:4", alpha=0.1)
-    assert alg.hparams == {"alpha": 0.1, "beta": None, "eta": 1.0, "gamma": 1.0}
+    assert alg.hparams == {"alpha": 0.1, "beta": None, "eta": None, "gamma": 1.0}
+    omega = alg.compressor.omega(1000)
+    assert alg.eta_for(1000) == (omega + 1) ** -0.5 and alg.beta_for(1000) == 1 / (omega + 1)
     assert "dore" in repr(alg) and alg.compressor.spec.startswith("qsgd")
 
 

@@ -70,38 +70,59 @@ def test_ef21_sgdm_beats_ef21_sgd_with_noise():
 
 
 # -- seed 002: DORE ------------------------------------------------------------------------------
-def test_dore_converges_linearly_with_far_fewer_bits():
-    """Setup: strongly convex least squares, n = 10, d = 100, mu = 0.02, full gradients,
-    x0 = 1, lr = 1/L for all, server topology (downlinks counted: 32 bits/element for the
-    uncompressed baseline, DORE's compressed q_hat). DORE: qsgd:7:64 both ways (4.5 bits per
-    element), alpha = 0.3, beta = 1, eta = 0.3, gamma = lr.
+def test_dore_converges_linearly_with_over_95_percent_fewer_bits():
+    """Seed 002's claim: DORE "reduces over 95% of the communication cost".
 
-    Claims checked: DORE converges linearly (loss down 1e-10 in 100 steps, to the float32
-    floor), where DCGD with the same unbiased quantizer stalls at a neighbourhood (seed 002,
-    "issue of simple gradient compression"); and DORE reaches loss <= 1e-6 f(x0) with >= 80%
-    fewer bits than uncompressed GD (measured 85.5%: the same 32 steps at 9/64 of the bits).
-    Seed 002's ">95%" is not reachable here: the cheapest unbiased quantizer on offer (qsgd:1)
-    spends 2 bits per element, 6.25% of fp32 even at equal step counts."""
-    p = quadratic(n=10, d=100, mu=0.02, sigma=0.0, seed=0)
+    Setup: strongly convex least squares, n = 10 workers, d = 1024, mu = 0.002 (so plain GD
+    needs about 200 steps: the regime where compression noise, not conditioning, is what
+    an algorithm must not let grow), full gradients, x0 = 1, lr = 1/L for all, server
+    topology with both directions counted (the uncompressed baseline sends 32 bits per
+    element up and down). DORE compresses both ways with seed 002's two unbiased
+    operators composed: random sparsification (K = d/2, indices from the shared seed) and
+    p-norm quantization at p = inf, ternary, one bucket per 512 values:
+    ``randk:0.5:qsgd:1:512:inf``, 1056 bits per message of 1024 elements (3.2% of fp32).
+    alpha = 0.2, beta = 1, eta = 0.2, gamma = lr.
+
+    Measured: GD reaches loss <= 1e-6 f(x0) at step 213, DORE at 242: 96.3% fewer bits
+    (alpha in [0.15, 0.25] and eta in [0.1, 0.3] all give 96.2-96.4%). DORE's loss falls
+    5.2-5.6x every 30 steps (GD 6.1x); DCGD with the same operator stalls near 8e-3 f(x0).
+    Asserted: > 95% fewer bits, a >= 3.3x decrease per 30-step window, and DCGD stalling
+    at a loss >= 1e4 x DORE's.
+    """
+    p = quadratic(n=10, d=1024, mu=0.002, sigma=0.0, seed=0)
     x0 = p.x0 + 1.0
-    lr, steps = 1.0 / p.L, 100
-    kw = dict(steps=steps, lr=lr, loss_fn=p.loss_fn, topology="server")
+    lr, spec = 1.0 / p.L, "randk:0.5:qsgd:1:512:inf"
+    kw = dict(steps=260, lr=lr, loss_fn=p.loss_fn, topology="server")
     gd = simulate(_alg("dcgd", "identity"), p.grad_fns, x0, **kw)
-    dcgd = simulate(_alg("dcgd", "qsgd:7:64"), p.grad_fns, x0, **kw)
-    dore = simulate(_alg("dore", "qsgd:7:64", alpha=0.3, beta=1.0, eta=0.3, gamma=lr),
+    dcgd = simulate(_alg("dcgd", spec), p.grad_fns, x0, **kw)
+    dore = simulate(_alg("dore", spec, alpha=0.2, beta=1.0, eta=0.2, gamma=lr),
                     p.grad_fns, x0, **kw)
     f0 = dore.loss[0]
-    assert dore.loss[-1] < 1e-10 * f0
-    # linear: a geometric decrease over every 20-step window until the float32 floor
-    window = dore.loss[0:81:20]
-    assert (window[1:] < 0.05 * window[:-1]).all(), window
-    assert dcgd.loss[-1] > 1e3 * dore.loss[-1]  # plain compression stalls
+    window = dore.loss[0::30]
+    assert (window[1:] < 0.3 * window[:-1]).all(), window  # linear
+    assert dcgd.loss[-1] > 1e4 * dore.loss[-1]  # plain compression stalls
     target = 1e-6 * f0
     bits = {}
     for key, h in [("gd", gd), ("dore", dore)]:
         k = int(np.flatnonzero(h.loss <= target)[0])
         bits[key] = h.bits_per_worker("total")[k]
-    assert bits["dore"] <= 0.2 * bits["gd"], bits
+    assert bits["dore"] < 0.05 * bits["gd"], bits
+
+
+def test_dore_default_eta_keeps_error_compensation_stable():
+    """With omega = 8 (qsgd:1:64), full compensation eta = 1 violates omega eta^2 < 1 and
+    diverges (the loss is 3e9 f(x0) at step 40, non-finite by 141); the default
+    eta = 1/sqrt(omega+1)
+    = 1/3 converges (loss down >= 1e3x in 200 steps; measured 4e4x)."""
+    p = quadratic(n=4, d=64, mu=0.05, sigma=0.0, seed=0)
+    x0, lr = p.x0 + 1.0, 1.0 / p.L
+    kw = dict(steps=200, lr=lr, loss_fn=p.loss_fn, topology="server")
+    full = simulate(_alg("dore", "qsgd:1:64", eta=1.0, gamma=lr), p.grad_fns, x0, **kw)
+    default = _alg("dore", "qsgd:1:64", gamma=lr)
+    assert default.eta_for(64) == pytest.approx(1 / 3)
+    h = simulate(default, p.grad_fns, x0, **kw)
+    assert full.diverged_at is not None
+    assert h.diverged_at is None and h.loss[-1] < 1e-3 * h.loss[0]
 
 
 def test_dore_downlink_is_a_real_compressed_message():

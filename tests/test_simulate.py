@@ -135,3 +135,20 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     assert [r["label"] for r in data["runs"]] == ["dcgd[topk:1]", "ef21[topk:1]"]
     assert len(data["runs"][0]["loss"]) == 16
     assert (tmp_path / "top1.png").stat().st_size > 10_000
+
+
+def test_cli_bits_to_target_column(tmp_path, capsys):
+    """``--target``: each run's bits (up + down, per worker) at its first step with
+    loss <= target * f(x0), and the ratio to the first run's; "-" where never reached."""
+    rc = main(["simulate", "top1", "--steps", "60", "--out", str(tmp_path), "--no-plot",
+               "--target", "0.05", "--run", "dcgd/identity/lr=0.5",
+               "--run", "ef21/topk:1/lr=0.5", "--run", "dcgd/topk:1/lr=0.5"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "to 0.05 f(x0)" in out and "100.00%" in out
+    data = json.loads((tmp_path / "top1.json").read_text())
+    gd, ef21, dcgd = (np.array(r["loss"], dtype=float) for r in data["runs"])
+    k_gd = int(np.flatnonzero(gd <= 0.05 * gd[0])[0])
+    assert f"{96 * k_gd / 1e6:.4g}" in out  # identity: 3 x 32 bits up per step, none down
+    assert not (dcgd[np.isfinite(dcgd)] <= 0.05 * dcgd[0]).any()  # shown as "-"
+    assert (ef21 <= 0.05 * ef21[0]).any()
