@@ -11,8 +11,8 @@ import torch
 from gradpack.compressors import from_spec
 from gradpack.compressors.randk import VALUE_STREAM
 from gradpack.kernels import randk as kr
-from gradpack.kernels.philox import derive_seed
 from gradpack.kernels.fusion import Fusion, epilogue, prologue
+from gradpack.kernels.philox import derive_seed
 
 
 def selected(c, payload, d, seed):
