@@ -27,6 +27,7 @@ CASES = [
     ("dcgd", "qsgd:3:16", {}, "allgather"),
     ("dore", "qsgd:7:16", {"alpha": 0.3, "beta": 1.0, "eta": 0.3}, "server"),
     ("ef21", "randk:0.25", {}, "server"),
+    ("dore", "randk:0.5:qsgd:1:8:inf", {}, "server"),  # default alpha, beta, eta
 ]
 
 
@@ -46,7 +47,7 @@ def _worker(rank, port, out_dir):
     try:
         p = _problem()
         results = {}
-        for name, spec, hp, topology in CASES:
+        for case, (name, spec, hp, topology) in enumerate(CASES):
             alg = _alg(name, spec, hp)
             ledger = Ledger(WORLD)
             transport = ProcessGroupTransport(ledger=ledger)
@@ -59,7 +60,7 @@ def _worker(rank, port, out_dir):
                                         topology=topology)
                 x.sub_(direction.to(x.dtype), alpha=lr)
             ledger.check()
-            results[name] = (x, {k: v.tolist() for k, v in ledger.totals().items()})
+            results[case] = (x, {k: v.tolist() for k, v in ledger.totals().items()})
         # the async handle and the config check
         t = ProcessGroupTransport()
         pending = t.all_gather(torch.full((8,), rank, dtype=torch.uint8), async_op=True)
@@ -87,12 +88,12 @@ def test_gloo_transport_gives_the_simulator_iterates(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     p = _problem()
-    for name, spec, hp, topology in CASES:
+    for case, (name, spec, hp, topology) in enumerate(CASES):
         h = simulate(_alg(name, spec, hp), p.grad_fns, p.x0, steps=STEPS, lr=0.5 / p.L,
                      seed=11, topology=topology)
         for r, res in enumerate(ranks):
-            x, totals = res[name]
-            assert torch.equal(x, h.x), (name, r)
+            x, totals = res[case]
+            assert torch.equal(x, h.x), (name, spec, r)
             # rank r's ledger column equals the simulator's per-worker totals
             assert totals["bits_up"][r] == h.bits_up[-1, r]
             assert totals["bytes_down"][r] == h.bytes_down[-1, r]
