@@ -101,8 +101,9 @@ class RandK(Sparsifier):
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
         k, read = self.k(numel), None
         if self.values is not None:
+            vals = torch.empty(k, dtype=torch.float32, device=payloads.device)  # one for all rows
+
             def read(row, seed):
-                vals = torch.empty(k, dtype=torch.float32, device=row.device)
                 self.values._decode_sum(row[None], k, [derive_seed(seed, VALUE_STREAM)], vals,
                                         1.0, False, backend)
                 return vals
