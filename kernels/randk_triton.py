@@ -87,24 +87,21 @@ def encode_triton(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, p
     scale = value_scale(d, k, unbiased)
     args = fusion_args(fusion)
     v, u, h = (state.get(name, x) for name in ("v", "u", "h"))
-    const = dict(SCALED=scale != 1.0, CODED=write is not None, enable_fp_fusion=False)
-    if write is None:  # fp32 values straight into the payload
-        vals = payload[: 4 * k].view(torch.float32)
-    else:
-        vals = torch.empty(k, dtype=torch.float32, device=x.device)
+    coded = write is not None
+    # fp32 values go straight into the payload; a value code reads them from a buffer
+    vals = torch.empty(k, dtype=torch.float32, device=x.device) if coded else \
+        payload[: 4 * k].view(torch.float32)
     _gather_kernel[(triton.cdiv(k, BLOCK),)](
-        x, v, u, h, idx, vals, k, scale=scale, SCALED=const["SCALED"], **args, BLOCK=BLOCK,
+        x, v, u, h, idx, vals, k, scale=scale, SCALED=scale != 1.0, **args, BLOCK=BLOCK,
         enable_fp_fusion=False)
-    if write is None:
-        payload[4 * k :].zero_()
-        c = x
+    if coded:
+        c_sel = write(vals, payload)
     else:
-        c = torch.zeros(d, dtype=torch.float32, device=x.device)
-        c[idx] = write(vals, payload)
+        payload[4 * k :].zero_()
     if not fusion.is_identity:
-        sel = c
-        if write is None:
-            sel = torch.zeros(d, dtype=torch.uint8, device=x.device)
-            sel[idx] = 1
+        # CODED: the dense decoded c; otherwise a selection mask and c from r in the kernel
+        sel = torch.zeros(d, dtype=torch.float32 if coded else torch.uint8, device=x.device)
+        sel[idx] = c_sel if coded else 1
         _epilogue_kernel[(triton.cdiv(d, BLOCK),)](
-            x, v, u, h, sel, c, d, scale=scale, **args, BLOCK=BLOCK, **const)
+            x, v, u, h, sel, sel, d, scale=scale, **args, BLOCK=BLOCK, SCALED=scale != 1.0,
+            CODED=coded, enable_fp_fusion=False)
