@@ -133,26 +133,21 @@ class Algorithm:
 
     def _check_compressor_class(self) -> None:
         c = self.compressor
+        biased = not c.unbiased and _alpha(c) < _NEAR_EXACT
+        msg = None
         if self.needs == "contractive" and c.unbiased and _omega(c) >= 1.0:
-            warnings.warn(
-                f"{self.name} assumes a contractive compressor (seed 003) and {c.spec!r} is "
-                "unbiased with omega >= 1, so not contractive: the method may diverge; "
-                "use topk or sign",
-                CompressorWarning, stacklevel=3,
-            )
-        elif self.needs == "unbiased" and not c.unbiased and _alpha(c) < _NEAR_EXACT:
-            warnings.warn(
-                f"{self.name} assumes an unbiased compressor (seed 002) and {c.spec!r} is "
-                "biased: the running averages h_i no longer track the gradients in "
-                "expectation; use qsgd, ssign or randk",
-                CompressorWarning, stacklevel=3,
-            )
-        elif self.needs == "any" and not c.unbiased and _alpha(c) < _NEAR_EXACT:
-            warnings.warn(
-                f"{self.name} with the biased compressor {c.spec!r} can diverge (seed 004's "
-                "Top-1 example); use error feedback (ef14, ef21) for biased compressors",
-                CompressorWarning, stacklevel=3,
-            )
+            msg = (f"{self.name} assumes a contractive compressor (seed 003) and {c.spec!r} is "
+                   "unbiased with omega >= 1, so not contractive: the method may diverge; "
+                   "use topk or sign")
+        elif self.needs == "unbiased" and biased:
+            msg = (f"{self.name} assumes an unbiased compressor (seed 002) and {c.spec!r} is "
+                   "biased: the running averages h_i no longer track the gradients in "
+                   "expectation; use qsgd, ssign or randk")
+        elif self.needs == "any" and biased:
+            msg = (f"{self.name} with the biased compressor {c.spec!r} can diverge (seed 004's "
+                   "Top-1 example); use error feedback (ef14, ef21) for biased compressors")
+        if msg:
+            warnings.warn(msg, CompressorWarning, stacklevel=3)
 
     # -- randomness -----------------------------------------------------------------------
     def seed_for(self, step: int, rank: int, stream: int = 0) -> int:
