@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import philox
+from . import philox_torch
 from .bitpack import pack_words, unpack_fields, words_for
 from .fusion import Fusion, epilogue, prologue
 from .treesum import OP_ABS, OP_MAX, OP_SQUARE, segment_sums, tree_sum_rows
@@ -121,8 +121,8 @@ def _bucket_values(values: torch.Tensor, fmt: Format, lo: int, hi: int) -> torch
 
 
 def uniforms(seed: int, lo: int, hi: int, device) -> torch.Tensor:
-    """``rand(seed, i)`` for elements ``lo .. hi-1`` (the draw behind each stochastic code)."""
-    return philox.rand(seed, torch.arange(lo, hi, device=device))
+    """Element ``lo .. hi-1``'s uniforms (the draw behind each stochastic code)."""
+    return philox_torch.uniforms(seed, lo, hi, device)
 
 
 def header_stats(fmt: Format, sums: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -183,8 +183,7 @@ def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torc
     fmt = replace(fmt, numel=d)
     words = payload.view(torch.int32)
     nh = fmt.header_words(d)
-    # large draws in one call: the compiled Philox path (philox.COMPILE_MIN)
-    u = uniforms(seed, 0, d, r.device) if fmt.kind != SIGN and d >= philox.COMPILE_MIN else None
+    u = None
     stats = header_stats(fmt, sums)
     for lo in range(0, d, CHUNK):
         hi = min(lo + CHUNK, d)

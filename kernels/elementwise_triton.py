@@ -12,6 +12,7 @@ from .bitpack_triton import load_field, store_group_words
 from .elementwise import BF16, FP16, FP32, QSGD, SIGN, SSIGN, Format
 from .fusion import Fusion
 from .fusion_triton import fp32, fusion_args, load_residual, store_state
+from .philox_triton import uniform
 
 GROUPS = 32  # 32-element groups per encode program
 BLOCK = 1024  # elements per decode program
@@ -62,7 +63,7 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
             norm = tl.math.sqrt_rn(tl.load(sums_ptr))
             safe = tl.where(norm > 0, norm, 1.0)
             half_inv = tl.where(norm > 0, tl.math.div_rn(tl.zeros_like(norm) + 0.5, safe), 0.0)
-            rnd = tl.rand(seed, offs)
+            rnd = uniform(seed, offs)
             neg = rnd >= 0.5 + r * half_inv
             c = tl.where(neg, -norm, norm)
             codes = neg.to(tl.int64)
@@ -77,7 +78,7 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
             step = tl.math.div_rn(norm, levels)
             a = tl.abs(r) * inv
             floor = tl.floor(a)
-            rnd = tl.rand(seed, offs)
+            rnd = uniform(seed, offs)
             level = tl.minimum(floor + tl.where(rnd < a - floor, 1.0, 0.0), levels)
             c = level * step
             c = tl.where(neg, -c, c)

@@ -23,12 +23,35 @@ fused code and the reference every compressor's unfused path uses.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from enum import IntEnum
 
 import torch
 
 RESIDUALS = ("none", "sub", "error")
 UPDATES = ("none", "add", "error")
+
+
+class Residual(IntEnum):
+    """``r`` from the (momentum-filtered) source: as is, ``src - h``, ``h + gamma * src``."""
+
+    NONE = 0
+    SUB = 1
+    ERROR = 2
+
+
+class Update(IntEnum):
+    """The ``h`` epilogue: none, ``h += beta * c``, ``h = r - c``."""
+
+    NONE = 0
+    ADD = 1
+    ERROR = 2
+
+
+def fp32(x: float) -> float:
+    """``x`` rounded to float32 (a Python float), as every kernel receives its scalars."""
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,20 @@ class Fusion:
     def state_names(self) -> tuple[str, ...]:
         names = ("v", "u")[: self.momentum]
         return names + (("h",) if self.needs_h else ())
+
+    @property
+    def residual_code(self) -> Residual:
+        return Residual(RESIDUALS.index(self.residual))
+
+    @property
+    def update_code(self) -> Update:
+        return Update(UPDATES.index(self.update))
+
+    def scalars(self) -> dict[str, float]:
+        """The runtime scalars every fused kernel receives, each rounded once to fp32:
+        ``keep = 1 - eta``, ``take = eta``, ``gamma``, ``beta``."""
+        return dict(keep=fp32(1.0 - self.eta), take=fp32(self.eta), gamma=fp32(self.gamma),
+                    beta=fp32(self.beta))
 
 
 PLAIN = Fusion()

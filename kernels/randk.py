@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import philox
+from . import philox_torch
 from .fusion import Fusion
 from .sparse import accumulator, residual, scatter_add, sparse_epilogue
 
@@ -43,7 +43,7 @@ def bounded(hi: torch.Tensor, lo: torch.Tensor, d: int) -> torch.Tensor:
 def draws_torch(seed: int, m: int, d: int, device="cpu") -> torch.Tensor:
     """The first ``m`` draws of the stream (int64 in ``[0, d)``)."""
     q = torch.arange((m + 1) // 2, dtype=torch.int64, device=device)
-    c0, c1, c2, c3 = philox.randint4x(seed, q)
+    c0, c1, c2, c3 = philox_torch.randint4x(seed, q)
     return torch.stack((bounded(c0, c1, d), bounded(c2, c3, d)), 1).view(-1)[:m]
 
 

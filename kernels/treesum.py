@@ -17,12 +17,26 @@ any order, and the zero padding cannot exceed an ``|r|``.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import torch
 
 from .fusion import Fusion, prologue
 
 CHUNK = 1024
-OP_NONE, OP_ABS, OP_SQUARE, OP_MAX = 0, 1, 2, 3
+
+
+class Op(IntEnum):
+    """What a segment reduction combines: ``x`` as is, ``|r|``, ``r*r`` (sums) or ``|r|``
+    (maxima)."""
+
+    NONE = 0
+    ABS = 1
+    SQUARE = 2
+    MAX = 3
+
+
+OP_NONE, OP_ABS, OP_SQUARE, OP_MAX = Op.NONE, Op.ABS, Op.SQUARE, Op.MAX
 
 
 def next_pow2(m: int) -> int:
