@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from gradpack.compressors import from_spec, names
-from gradpack.kernels import philox
+from gradpack.kernels import philox_torch
 from gradpack.kernels.fusion import Fusion
 
 from . import results
@@ -130,10 +130,9 @@ def bench(
         if any(s.split(":")[0] in PHILOX_FAMILIES for s in specs) and device.type == "cpu":
             est = run.too_slow(("philox.rand", ""), d)
             if est is None:
-                offsets = torch.arange(d, device=device)
-                s = run.time(lambda o=offsets: philox.rand(0, o))
+                s = run.time(lambda: philox_torch.uniforms(0, 0, d, device))
                 run.add("philox.rand", "", d, s, 4 * d, copy,
-                        note="torch twin of tl.rand alone: bounds ssign/qsgd/randk on torch")
+                        note="torch twin of the element stream alone: bounds ssign/qsgd/randk")
         for spec in specs:
             bench_spec(run, spec, x, copy, n, tuple(ops))
     return run.rows

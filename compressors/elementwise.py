@@ -7,13 +7,14 @@ from __future__ import annotations
 from abc import abstractmethod
 
 from gradpack.kernels import elementwise as ew
+from gradpack.kernels.format import Format
 
 from .base import Compressor
 
 
 class ElementwiseCompressor(Compressor):
     @abstractmethod
-    def format(self, numel: int) -> ew.Format:
+    def format(self, numel: int) -> Format:
         """The code this compressor writes for ``numel`` elements."""
 
     def wire_bits(self, numel: int) -> int:

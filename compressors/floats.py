@@ -4,14 +4,14 @@ saturates at +-65504 instead of overflowing to inf)."""
 
 from __future__ import annotations
 
-from gradpack.kernels import elementwise as ew
+from gradpack.kernels.format import Format, Kind
 
 from .elementwise import ElementwiseCompressor
 from .spec import no_args, register
 
 
 class _Float(ElementwiseCompressor):
-    kind = ew.FP32
+    kind = Kind.FP32
     width = 32
     unit_roundoff = 0.0
 
@@ -20,8 +20,8 @@ class _Float(ElementwiseCompressor):
         no_args(args, cls.name)
         return cls(**kw)
 
-    def format(self, numel: int) -> ew.Format:
-        return ew.Format(self.kind, self.width)
+    def format(self, numel: int) -> Format:
+        return Format(self.kind, self.width)
 
     def alpha(self, numel: int) -> float:
         """``1 - u^2`` with ``u`` the unit roundoff: holds for inputs in the normal range."""
@@ -38,9 +38,9 @@ class Identity(_Float):
 
 @register("fp16")
 class Float16(_Float):
-    kind, width, unit_roundoff = ew.FP16, 16, 2.0**-11
+    kind, width, unit_roundoff = Kind.FP16, 16, 2.0**-11
 
 
 @register("bf16")
 class BFloat16(_Float):
-    kind, width, unit_roundoff = ew.BF16, 16, 2.0**-8
+    kind, width, unit_roundoff = Kind.BF16, 16, 2.0**-8

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from gradpack.kernels import elementwise as ew
+from gradpack.kernels.format import Format, qsgd_format
 
 from .elementwise import ElementwiseCompressor
 from .spec import parse_int, register
@@ -60,8 +60,8 @@ class QSGD(ElementwiseCompressor):
     def spec(self) -> str:
         return f"qsgd:{self.levels}:{self.bucket}" + (":inf" if self.maxnorm else "")
 
-    def format(self, numel: int) -> ew.Format:
-        return ew.qsgd_format(self.levels, self.bucket, self.maxnorm)
+    def format(self, numel: int) -> Format:
+        return qsgd_format(self.levels, self.bucket, self.maxnorm)
 
     def omega(self, numel: int) -> float:
         b = min(self.bucket, numel)

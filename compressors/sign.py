@@ -9,7 +9,7 @@ else ``-||x||_2``; unbiased with ``omega = d - 1``. Wire: d bits + one fp32.
 
 from __future__ import annotations
 
-from gradpack.kernels import elementwise as ew
+from gradpack.kernels.format import Format, Kind
 
 from .elementwise import ElementwiseCompressor
 from .spec import no_args, register
@@ -22,8 +22,8 @@ class Sign(ElementwiseCompressor):
         no_args(args, cls.name)
         return cls(**kw)
 
-    def format(self, numel: int) -> ew.Format:
-        return ew.Format(ew.SIGN, 1)
+    def format(self, numel: int) -> Format:
+        return Format(Kind.SIGN, 1)
 
     def alpha(self, numel: int) -> float:
         return 1.0 / numel
@@ -39,8 +39,8 @@ class StochasticSign(ElementwiseCompressor):
         no_args(args, cls.name)
         return cls(**kw)
 
-    def format(self, numel: int) -> ew.Format:
-        return ew.Format(ew.SSIGN, 1)
+    def format(self, numel: int) -> Format:
+        return Format(Kind.SSIGN, 1)
 
     def omega(self, numel: int) -> float:
         return float(numel - 1)

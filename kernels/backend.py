@@ -1,9 +1,10 @@
 """Backend selection: which implementation of a kernel runs for a given tensor.
 
-``"torch"`` is the reference and the fast CPU path; ``"triton"`` runs the Triton
-kernels (CUDA tensors, or CPU tensors when the process was started with
-``TRITON_INTERPRET=1``); ``"auto"`` picks Triton for CUDA tensors and torch for CPU
-tensors. Nothing here runs at import time.
+``"triton"`` runs the Triton kernels (CUDA tensors, or CPU tensors when the process was
+started with ``TRITON_INTERPRET=1``); ``"cpu"`` the native CPU kernels (numba, compiled for
+the host, parallel); ``"torch"`` the readable torch reference, which runs on any device.
+``"auto"`` picks Triton for CUDA tensors, the native kernels for CPU tensors when numba is
+installed, and torch otherwise. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def native_available() -> bool:
+    """numba is importable: the ``"cpu"`` backend can run."""
+    return importlib.util.find_spec("numba") is not None
 
 
 def interpreting() -> bool:
@@ -32,23 +38,30 @@ def check_backend(backend: str) -> str:
 
 
 def resolve(backend: str, device: torch.device | str) -> str:
-    """Return ``"torch"`` or ``"triton"`` for tensors on ``device``.
+    """Return ``"torch"``, ``"triton"`` or ``"cpu"`` for tensors on ``device``.
 
-    Raises ``ValueError`` when Triton is asked for where it cannot run.
+    Raises ``ValueError`` when a backend is asked for where it cannot run.
     """
     check_backend(backend)
     device = torch.device(device)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        return "torch"  # the native CPU kernels become the default once all of them exist
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' requested but the triton package is not installed")
         if device.type == "cpu" and not interpreting():
             raise ValueError(
                 "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 in the environment "
-                "before triton is imported (the Triton CPU interpreter); use backend='torch' "
+                "before triton is imported (the Triton CPU interpreter); use backend='cpu' "
                 "for the fast CPU path"
             )
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"backend='triton' does not support device {device}")
+    if backend == "cpu":
+        if not native_available():
+            raise ValueError("backend='cpu' needs numba (pip install numba)")
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' runs on CPU tensors only, got device {device}")
     return backend

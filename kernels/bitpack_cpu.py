@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+import torch
 
-from .native import JIT
+from .native import JIT, array, set_threads
 
 _M32 = np.uint64(0xFFFFFFFF)
 
@@ -66,14 +67,20 @@ def _unpack(words, n, width, out):
         out[i] = np.int64(field(words, i, width, nwords))
 
 
-def pack(fields: np.ndarray, width: int, words: np.ndarray) -> None:
+def pack(fields, width: int, words) -> None:
     """Pack integer ``fields`` (each in ``[0, 2**width)``) into the int32 ``words``
-    (``words_for(n, width)`` of them)."""
-    _pack(fields, np.int64(width), words)
+    (``words_for(n, width)`` of them); numpy arrays or CPU tensors."""
+    set_threads()
+    _pack(_np(fields), np.int64(width), _np(words))
 
 
-def unpack(words: np.ndarray, n: int, width: int) -> np.ndarray:
-    """The first ``n`` fields (int64) of the int32 ``words``."""
+def unpack(words, n: int, width: int):
+    """The first ``n`` fields (int64) of the int32 ``words``: a tensor for a tensor."""
+    set_threads()
     out = np.empty(n, dtype=np.int64)
-    _unpack(words, np.int64(n), np.int64(width), out)
-    return out
+    _unpack(_np(words), np.int64(n), np.int64(width), out)
+    return torch.from_numpy(out) if isinstance(words, torch.Tensor) else out
+
+
+def _np(a) -> np.ndarray:
+    return array(a) if isinstance(a, torch.Tensor) else a

@@ -46,7 +46,7 @@ def load_field(words_ptr, field, nwords, W: tl.constexpr):
 
 @triton.jit
 def _pack_kernel(fields_ptr, words_ptr, n, nwords, W: tl.constexpr, G: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     offs = (pid * G + tl.arange(0, G))[:, None] * 32 + tl.arange(0, 32)[None, :]
     codes = tl.load(fields_ptr + offs, mask=offs < n, other=0).to(tl.int64)
     store_group_words(codes, words_ptr, pid * G, nwords, G, W)
@@ -54,18 +54,20 @@ def _pack_kernel(fields_ptr, words_ptr, n, nwords, W: tl.constexpr, G: tl.conste
 
 @triton.jit
 def _unpack_kernel(words_ptr, out_ptr, n, nwords, W: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    vals = load_field(words_ptr, offs.to(tl.int64), nwords, W)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    vals = load_field(words_ptr, offs, nwords, W)
     tl.store(out_ptr + offs, vals, mask=offs < n)
 
 
-def pack_triton(fields: torch.Tensor, width: int, words: torch.Tensor) -> None:
+def pack(fields: torch.Tensor, width: int, words: torch.Tensor) -> None:
+    """Pack integer ``fields`` into the int32 ``words`` (twin of :func:`.bitpack_torch.pack`)."""
     n = fields.numel()
     grid = (triton.cdiv(n, 32 * GROUPS),)
     _pack_kernel[grid](fields, words, n, words.numel(), W=width, G=GROUPS)
 
 
-def unpack_triton(words: torch.Tensor, n: int, width: int) -> torch.Tensor:
+def unpack(words: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """The first ``n`` fields (int64) of the int32 ``words``."""
     out = torch.empty(n, dtype=torch.int64, device=words.device)
     block = 1024
     _unpack_kernel[(triton.cdiv(n, block),)](words, out, n, words.numel(), W=width, BLOCK=block)

@@ -1,270 +1,32 @@
-"""Elementwise compressors' encode and decode-and-sum: the torch twin and the dispatcher.
+"""Elementwise compressors' encode and decode-and-sum: the dispatcher.
 
-One :class:`Format` describes each code; one encode pass (after a deterministic
-stats pass for the formats with a header) computes the residual (the fusion
-prologue), quantizes, packs and applies the fusion epilogue with ``c = C(r)``:
-
-============  ======  ===========================  =====================================
-kind          width   header (fp32)                 decoded value ``c``
-============  ======  ===========================  =====================================
-``fp32``      32      none                          ``r``
-``fp16``      16      none                          ``fp16(clamp(r, +-65504))``
-``bf16``      16      none                          ``bf16(r)``
-``sign``      1       ``s = sum|r| / d``            ``s`` if bit == 0 (``r >= 0``) else ``-s``
-``ssign``     1       ``n = sqrt(sum r^2)``         ``n`` if ``u < 1/2 + r / (2n)`` else ``-n``
-``qsgd``      1+L     ``n_b = sqrt(sum_b r^2)``     ``(-1)^neg * l * (n_b / S)``
-============  ======  ===========================  =====================================
-
-QSGD with ``maxnorm`` (the p-norm quantization of seed 002 at ``p = inf``, as DIANA and
-DORE use it) has ``n_b = max_b |r|`` instead: the same code and decoder, a smaller variance.
-
-QSGD (Alistarh et al.): with ``a = |r| * (S / n_b)``, ``l = floor(a) + [u < a - floor(a)]``
-(clamped to ``S``), field = ``l | neg << L``, ``L = ceil(log2(S + 1))``. ``u`` is
-``rand(seed, element index)`` (Philox, :mod:`.philox`). A zero bucket has ``n_b = 0`` and
-decodes to zeros. Sums use :mod:`.treesum`'s fixed order; every division and square root
-is correctly rounded; every backend performs the same fp32 operations in the same order.
+The codes (:class:`.format.Format`) are specified in :mod:`.format`. One encode pass
+(after a deterministic stats pass for the formats with a header, :mod:`.treesum`)
+computes the residual (the fusion prologue), quantizes, packs and applies the fusion
+epilogue with ``c = C(r)``. Implementations: :mod:`.elementwise_torch` (the torch twin),
+:mod:`.elementwise_triton`, :mod:`.elementwise_cpu`; every one writes the same bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 
-from . import philox_torch
-from .bitpack import pack_words, unpack_fields, words_for
-from .fusion import Fusion, epilogue, prologue
-from .treesum import OP_ABS, OP_MAX, OP_SQUARE, segment_sums, tree_sum_rows
+from .dispatch import Table
+from .format import Format
+from .fusion import Fusion
 
-FP32, FP16, BF16, SIGN, SSIGN, QSGD = range(6)
-FP16_MAX = 65504.0
-
-
-@dataclass(frozen=True)
-class Format:
-    kind: int
-    width: int
-    levels: int = 0  # QSGD's S
-    bucket: int = 0  # QSGD's B
-    numel: int = 0  # d, where the code depends on it (sign's mean)
-    maxnorm: bool = False  # QSGD's n_b is max |r| (p = inf), not the L2 norm
-
-    @property
-    def packed(self) -> bool:
-        return self.kind >= SIGN
-
-    @property
-    def level_bits(self) -> int:
-        return self.width - 1
-
-    def segment(self, d: int) -> int:
-        """Length of the segments the header statistics are summed over."""
-        return min(self.bucket, d) if self.kind == QSGD else d
-
-    def header_words(self, d: int) -> int:
-        if self.kind == QSGD:
-            return -(-d // self.bucket)
-        return 1 if self.kind in (SIGN, SSIGN) else 0
-
-    def stats_op(self) -> int:
-        if self.maxnorm:
-            return OP_MAX
-        return OP_ABS if self.kind == SIGN else OP_SQUARE
-
-    def body_bytes(self, d: int) -> int:
-        """Bytes of header plus codes (before alignment padding)."""
-        if self.packed:
-            return 4 * (self.header_words(d) + words_for(d, self.width))
-        return d * self.width // 8
+IMPLS = Table("elementwise", torch=".elementwise_torch", triton=".elementwise_triton",
+              cpu=".elementwise_cpu")
 
 
-def qsgd_format(levels: int, bucket: int, maxnorm: bool = False) -> Format:
-    return Format(QSGD, 1 + levels.bit_length(), levels, bucket, maxnorm=maxnorm)
-
-
-def _f32(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float32)
-
-
-def _div(a, b) -> torch.Tensor:
-    """Correctly rounded fp32 ``a / b`` (via fp64: exact enough that rounding once more to
-    fp32 is still correct rounding). Used on per-segment scalars only."""
-    a = a.double() if isinstance(a, torch.Tensor) else a
-    return (a / b.double()).float()
-
-
-def _sqrt(a: torch.Tensor) -> torch.Tensor:
-    """Correctly rounded fp32 square root (torch's CPU sqrt is not, in the last bit)."""
-    return a.double().sqrt().float()
-
-
-def to_bf16(r: torch.Tensor) -> torch.Tensor:
-    """fp32 -> bf16, round to nearest even, in integer arithmetic (what the Triton kernel
-    does too, since Triton's interpreter does not round bf16 conversions correctly)."""
-    bits = r.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    rounded = torch.where(torch.isnan(r), 0x7FC0, rounded)
-    return (rounded - ((rounded >> 15) << 16)).to(torch.int16).view(torch.bfloat16)
-
-
-CHUNK = 32768  # elements per step of the torch path: cache-sized, one thread's grain
-
-
-def _bucket_values(values: torch.Tensor, fmt: Format, lo: int, hi: int) -> torch.Tensor:
-    """Per-bucket ``values`` at elements ``lo .. hi-1``."""
-    if values.numel() == 1:
-        return values
-    first = lo // fmt.bucket
-    last = -(-hi // fmt.bucket)
-    spread = values[first:last].repeat_interleave(fmt.bucket)
-    return spread[lo - first * fmt.bucket : hi - first * fmt.bucket]
-
-
-def uniforms(seed: int, lo: int, hi: int, device) -> torch.Tensor:
-    """Element ``lo .. hi-1``'s uniforms (the draw behind each stochastic code)."""
-    return philox_torch.uniforms(seed, lo, hi, device)
-
-
-def header_stats(fmt: Format, sums: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-segment quantities of the header, computed once per encode: the header itself
-    and the factors each element of the segment is scaled by."""
-    if fmt.kind == SIGN:
-        return {"header": _div(sums, _f32(float(fmt.numel)))}
-    norm = sums if fmt.maxnorm else _sqrt(sums)
-    if fmt.kind == SSIGN:
-        return {"header": norm, "half_inv": torch.where(norm > 0, _div(0.5, norm), 0.0)}
-    levels = _f32(float(fmt.levels))
-    return {"header": norm, "inv": torch.where(norm > 0, _div(levels, norm), 0.0),
-            "step": _div(norm, levels)}
-
-
-def quantize(fmt: Format, r: torch.Tensor, stats: dict, seed: int, lo: int = 0,
-             u: torch.Tensor | None = None):
-    """``(codes, c)`` for the residual chunk ``r`` (elements ``lo ..``) given the
-    :func:`header_stats` of the whole residual (and, optionally, its uniforms ``u``)."""
-    d = r.numel()
-    neg = r < 0
-    header = stats["header"]
-    if fmt.kind == SIGN:
-        return neg.to(torch.int64), torch.where(neg, -header, header)
-    if u is None:
-        u = uniforms(seed, lo, lo + d, r.device)
-    if fmt.kind == SSIGN:
-        neg = u >= 0.5 + r * stats["half_inv"]
-        return neg.to(torch.int64), torch.where(neg, -header, header)
-    a = r.abs() * _bucket_values(stats["inv"], fmt, lo, lo + d)
-    floor = a.to(torch.int32).to(torch.float32)  # a >= 0: truncation is floor (and fast)
-    level = torch.minimum(floor + (u < a - floor).to(torch.float32), _f32(float(fmt.levels)))
-    c = level * _bucket_values(stats["step"], fmt, lo, lo + d)
-    codes = level.to(torch.int64) | (neg.to(torch.int64) << fmt.level_bits)
-    return codes, torch.where(neg, -c, c)
-
-
-def encode_torch(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tensor):
-    d = x.numel()
-    r = prologue(fusion, x, state, write=True)
-    if fmt.kind == FP32:
-        payload[: 4 * d].view(torch.float32).copy_(r)
-        epilogue(fusion, r, r, state)
-        return
-    flat = {k: t.view(-1) for k, t in state.items()}
-    if fmt.kind in (FP16, BF16):
-        out = payload[: 2 * d].view(torch.float16 if fmt.kind == FP16 else torch.bfloat16)
-        for lo in range(0, d, CHUNK):
-            hi = min(lo + CHUNK, d)
-            rc = r[lo:hi]
-            low = rc.clamp(-FP16_MAX, FP16_MAX).half() if fmt.kind == FP16 else to_bf16(rc)
-            out[lo:hi] = low
-            epilogue(fusion, rc, low.float(), {k: t[lo:hi] for k, t in flat.items()})
-        return
-    op = fmt.stats_op()
-    sums = tree_sum_rows(r * r if op == OP_SQUARE else r.abs(), fmt.segment(d),
-                         torch.maximum if op == OP_MAX else torch.add)
-    fmt = replace(fmt, numel=d)
-    words = payload.view(torch.int32)
-    nh = fmt.header_words(d)
-    u = None
-    stats = header_stats(fmt, sums)
-    for lo in range(0, d, CHUNK):
-        hi = min(lo + CHUNK, d)
-        codes, c = quantize(fmt, r[lo:hi], stats, seed, lo, None if u is None else u[lo:hi])
-        w0 = nh + lo * fmt.width // 32  # lo is a multiple of 32: chunks start on a word
-        pack_words(codes, fmt.width, out=words[w0 : w0 + words_for(hi - lo, fmt.width)])
-        epilogue(fusion, r[lo:hi], c, {k: t[lo:hi] for k, t in flat.items()})
-    words[:nh] = stats["header"].view(torch.int32)
-
-
-def row_steps(fmt: Format, row: torch.Tensor, d: int) -> torch.Tensor | None:
-    """QSGD's per-bucket ``n_b / S`` of one payload (computed once per row)."""
-    if fmt.kind != QSGD:
-        return None
-    header = row.view(torch.int32)[: fmt.header_words(d)].view(torch.float32)
-    return _div(header, _f32(float(fmt.levels)))
-
-
-def decode_chunk_torch(fmt: Format, row: torch.Tensor, d: int, lo: int, hi: int,
-                       steps: torch.Tensor | None = None):
-    """fp32 values of elements ``lo .. hi-1`` of one payload (``row``: uint8, trusted length;
-    ``steps``: its :func:`row_steps`)."""
-    if fmt.kind == FP32:
-        return row[4 * lo : 4 * hi].view(torch.float32)
-    if fmt.kind in (FP16, BF16):
-        half = torch.float16 if fmt.kind == FP16 else torch.bfloat16
-        return row[2 * lo : 2 * hi].view(half).float()
-    words = row.view(torch.int32)
-    nh = fmt.header_words(d)
-    ncw = words_for(d, fmt.width)
-    w0 = lo * fmt.width // 32
-    w1 = min(ncw, words_for(hi, fmt.width) + 1)
-    fields = unpack_fields(words[nh + w0 : nh + w1], hi - lo, fmt.width)
-    header = words[:nh].view(torch.float32)
-    if fmt.kind in (SIGN, SSIGN):
-        return torch.where(fields == 1, -header, header)
-    step = _bucket_values(row_steps(fmt, row, d) if steps is None else steps, fmt, lo, hi)
-    c = (fields & ((1 << fmt.level_bits) - 1)).to(torch.float32) * step
-    return torch.where((fields >> fmt.level_bits) == 1, -c, c)
-
-
-def decode_sum_torch(fmt: Format, payloads, d: int, out, scale: float, add: bool):
-    flat = out.view(-1)
-    acc = flat if flat.dtype == torch.float32 else flat.float()
-    if not add:
-        acc.zero_()
-    scale_t = _f32(scale)
-    for row in payloads:
-        steps = row_steps(fmt, row, d)
-        for lo in range(0, d, CHUNK):
-            hi = min(lo + CHUNK, d)
-            c = decode_chunk_torch(fmt, row, d, lo, hi, steps)
-            acc[lo:hi] += c if scale == 1.0 else c * scale_t
-    if acc is not flat:
-        flat.copy_(acc)
-
-
-def encode(fmt: Format, fusion: Fusion, x, state, seed: int, payload, backend: str) -> None:
-    """Write the payload of ``C(prologue(x))`` and apply the epilogue (see module doc)."""
+def encode(fmt: Format, fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor],
+           seed: int, payload: torch.Tensor, backend: str) -> None:
+    """Write the payload of ``C(prologue(x))`` and apply the epilogue (see :mod:`.fusion`)."""
     payload[fmt.body_bytes(x.numel()) :].zero_()
-    if backend == "triton":
-        from .elementwise_triton import encode_triton
-
-        sums = None
-        if fmt.packed:
-            from .treesum_triton import segment_sums_triton
-
-            sums = segment_sums_triton(fusion, x, state, fmt.segment(x.numel()), fmt.stats_op())
-        encode_triton(fmt, fusion, x, state, seed, sums, payload)
-    else:
-        encode_torch(fmt, fusion, x, state, seed, payload)
+    IMPLS(backend).encode(fmt, fusion, x, state, seed, payload)
 
 
-def decode_sum(fmt: Format, payloads, d: int, out, scale: float, add: bool, backend: str):
-    if backend == "triton":
-        from .elementwise_triton import decode_sum_triton
-
-        decode_sum_triton(fmt, payloads, d, out, scale, add)
-    else:
-        decode_sum_torch(fmt, payloads, d, out, scale, add)
-
-
-__all__ = ["Format", "qsgd_format", "encode", "decode_sum", "segment_sums",
-           "FP32", "FP16", "BF16", "SIGN", "SSIGN", "QSGD"]
+def decode_sum(fmt: Format, payloads: torch.Tensor, d: int, out: torch.Tensor, scale: float,
+               add: bool, backend: str) -> None:
+    """``out (+)= scale * sum_i C_i`` over the rows of ``payloads``, in fp32, in row order."""
+    IMPLS(backend).decode_sum(fmt, payloads, d, out, scale, add)

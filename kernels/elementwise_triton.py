@@ -1,5 +1,6 @@
 """Triton kernels of :mod:`.elementwise`: one fused encode kernel and one
-decode-and-sum kernel for every elementwise format (``KIND`` is a constexpr)."""
+decode-and-sum kernel for every elementwise format (``KIND`` is a :class:`.format.Kind`
+constexpr)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import torch
 import triton
 import triton.language as tl
 
+from . import format as fmt_spec
 from .bitpack import words_for
 from .bitpack_triton import load_field, store_group_words
-from .elementwise import BF16, FP16, FP32, QSGD, SIGN, SSIGN, Format
-from .fusion import Fusion
-from .fusion_triton import fp32, fusion_args, load_residual, store_state
+from .format import Format, Kind
+from .fusion import Fusion, fp32
+from .fusion_triton import fusion_args, load_residual, store_state
 from .philox_triton import uniform
+from .treesum_triton import segment_sums
+
+FP32 = tl.constexpr(int(Kind.FP32))
+FP16 = tl.constexpr(int(Kind.FP16))
+BF16 = tl.constexpr(int(Kind.BF16))
+SIGN = tl.constexpr(int(Kind.SIGN))
+SSIGN = tl.constexpr(int(Kind.SSIGN))
+QSGD = tl.constexpr(int(Kind.QSGD))
+TINY = tl.constexpr(fmt_spec.TINY)
+TINY_SCALE = tl.constexpr(fmt_spec.TINY_SCALE)
 
 GROUPS = 32  # 32-element groups per encode program
 BLOCK = 1024  # elements per decode program
@@ -27,24 +39,24 @@ def bf16_bits(x):
     return tl.where(x != x, 0x7FC0, hi)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed,
                    levels, bucket, keep, take, gamma, beta,
                    MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
                    KIND: tl.constexpr, W: tl.constexpr, G: tl.constexpr,
                    MAXNORM: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     offs = (pid * G + tl.arange(0, G))[:, None] * 32 + tl.arange(0, 32)[None, :]
     mask = offs < d
     r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
                             MOMENTUM, RESIDUAL)
     neg = r < 0
-    if KIND == 0:  # fp32
+    if KIND == FP32:
         c = r
         tl.store(words_ptr + offs, r.to(tl.int32, bitcast=True), mask=mask)
-    elif KIND == 1 or KIND == 2:  # fp16 / bf16
+    elif KIND == FP16 or KIND == BF16:
         half_ptr = words_ptr.to(tl.pointer_type(tl.int16))
-        if KIND == 1:
+        if KIND == FP16:
             low = tl.minimum(tl.maximum(r, -65504.0), 65504.0).to(tl.float16)
             tl.store(half_ptr + offs, low.to(tl.int16, bitcast=True), mask=mask)
             c = low.to(tl.float32)
@@ -53,18 +65,19 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
             tl.store(half_ptr + offs, hi.to(tl.int16), mask=mask)
             c = (hi << 16).to(tl.uint32).to(tl.float32, bitcast=True)
     else:
-        if KIND == 3:  # sign: s = sum|r| / d
+        if KIND == SIGN:  # s = sum|r| / d
             scale = tl.math.div_rn(tl.load(sums_ptr), d_f)
             c = tl.where(neg, -scale, scale)
             codes = neg.to(tl.int64)
             if pid == 0:
                 tl.store(words_ptr, scale.to(tl.int32, bitcast=True))
-        elif KIND == 4:  # ssign: n = ||r||, P(+) = 1/2 + r / (2n)
+        elif KIND == SSIGN:  # n = ||r||, P(+) = 1/2 + r / (2n)
             norm = tl.math.sqrt_rn(tl.load(sums_ptr))
-            safe = tl.where(norm > 0, norm, 1.0)
+            tiny = tl.where(norm < TINY, TINY_SCALE, 1.0)
+            safe = tl.where(norm > 0, norm * tiny, 1.0)
             half_inv = tl.where(norm > 0, tl.math.div_rn(tl.zeros_like(norm) + 0.5, safe), 0.0)
             rnd = uniform(seed, offs)
-            neg = rnd >= 0.5 + r * half_inv
+            neg = rnd >= 0.5 + (r * tiny) * half_inv
             c = tl.where(neg, -norm, norm)
             codes = neg.to(tl.int64)
             if pid == 0:
@@ -74,9 +87,11 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
             norm = tl.load(sums_ptr + b, mask=mask, other=0.0)
             if not MAXNORM:
                 norm = tl.math.sqrt_rn(norm)
-            inv = tl.where(norm > 0, tl.math.div_rn(levels, tl.where(norm > 0, norm, 1.0)), 0.0)
+            tiny = tl.where(norm < TINY, TINY_SCALE, 1.0)
+            safe = tl.where(norm > 0, norm * tiny, 1.0)
+            inv = tl.where(norm > 0, tl.math.div_rn(levels, safe), 0.0)
             step = tl.math.div_rn(norm, levels)
-            a = tl.abs(r) * inv
+            a = (tl.abs(r) * tiny) * inv
             floor = tl.floor(a)
             rnd = uniform(seed, offs)
             level = tl.minimum(floor + tl.where(rnd < a - floor, 1.0, 0.0), levels)
@@ -94,7 +109,7 @@ def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, 
 def _decode_sum_kernel(words_ptr, out_ptr, n, d, row_words, nh, ncw, levels, bucket, scale,
                        KIND: tl.constexpr, W: tl.constexpr, HAS_SCALE: tl.constexpr,
                        ADD: tl.constexpr, OUT_BF16: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     if ADD and OUT_BF16:
@@ -104,17 +119,17 @@ def _decode_sum_kernel(words_ptr, out_ptr, n, d, row_words, nh, ncw, levels, buc
         acc = tl.load(out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     for i in range(n):
         row = words_ptr + (tl.full((), 0, tl.int64) + i) * row_words
-        if KIND == 0:
+        if KIND == FP32:
             c = tl.load(row + offs, mask=mask, other=0).to(tl.float32, bitcast=True)
-        elif KIND == 1:
+        elif KIND == FP16:
             bits = tl.load(row.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
             c = bits.to(tl.float16, bitcast=True).to(tl.float32)
-        elif KIND == 2:  # bf16 -> fp32 is a 16-bit shift (exact)
+        elif KIND == BF16:  # bf16 -> fp32 is a 16-bit shift (exact)
             bits = tl.load(row.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
             c = ((bits.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
         else:
-            field = load_field(row + nh, offs.to(tl.int64), ncw, W)
-            if KIND == 5:
+            field = load_field(row + nh, offs, ncw, W)
+            if KIND == QSGD:
                 b = offs // bucket
                 norm = tl.load(row + b, mask=mask, other=0).to(tl.float32, bitcast=True)
                 level = (field & ((1 << (W - 1)) - 1)).to(tl.float32)
@@ -137,25 +152,26 @@ def _int32_words(payload: torch.Tensor) -> torch.Tensor:
     return payload.view(torch.int32)
 
 
-def encode_triton(fmt: Format, fusion: Fusion, x, state, seed, sums, payload) -> None:
+def encode(fmt: Format, fusion: Fusion, x, state, seed, payload) -> None:
+    """Twin of :func:`.elementwise_torch.encode`."""
     d = x.numel()
+    sums = segment_sums(fusion, x, state, fmt.segment(d), fmt.stats_op()) if fmt.packed else None
     v, u, h = (state.get(k, x) for k in ("v", "u", "h"))
     grid = (triton.cdiv(d, 32 * GROUPS),)
     _encode_kernel[grid](
         x, v, u, h, sums if sums is not None else x, _int32_words(payload), d, fp32(float(d)),
         fmt.header_words(d), words_for(d, fmt.width), seed, fp32(float(fmt.levels)),
-        max(fmt.bucket, 1), **fusion_args(fusion), KIND=fmt.kind, W=fmt.width, G=GROUPS,
+        max(fmt.bucket, 1), **fusion_args(fusion), KIND=int(fmt.kind), W=fmt.width, G=GROUPS,
         MAXNORM=fmt.maxnorm, enable_fp_fusion=False)
 
 
-def decode_sum_triton(fmt: Format, payloads, d: int, out, scale: float, add: bool) -> None:
+def decode_sum(fmt: Format, payloads, d: int, out, scale: float, add: bool) -> None:
+    """Twin of :func:`.elementwise_torch.decode_sum`."""
     n, nbytes = payloads.shape
     words = payloads.view(torch.int32)
     _decode_sum_kernel[(triton.cdiv(d, BLOCK),)](
         words, out.view(-1), n, d, nbytes // 4, fmt.header_words(d), words_for(d, fmt.width),
-        fp32(float(fmt.levels)), max(fmt.bucket, 1), fp32(scale), KIND=fmt.kind, W=fmt.width,
+        fp32(float(fmt.levels)), max(fmt.bucket, 1), fp32(scale), KIND=int(fmt.kind), W=fmt.width,
         HAS_SCALE=scale != 1.0, ADD=add,
         OUT_BF16=out.dtype == torch.bfloat16, BLOCK=BLOCK, enable_fp_fusion=False)
 
-
-assert (FP32, FP16, BF16, SIGN, SSIGN, QSGD) == (0, 1, 2, 3, 4, 5)  # the KIND codes above

@@ -20,7 +20,11 @@ DORE use it) has ``n_b = max_b |r|`` instead: the same code and decoder, a small
 QSGD (Alistarh et al.): with ``a = |r| * (S / n_b)``, ``l = floor(a) + [u < a - floor(a)]``
 (clamped to ``S``), field = ``l | neg << L``, ``L = ceil(log2(S + 1))``. ``u`` is element
 ``i``'s uniform of the Philox stream (:func:`.philox.uniform_counter`). A zero bucket has
-``n_b = 0`` and decodes to zeros. Header sums use :mod:`.treesum`'s fixed order; every
+``n_b = 0`` and decodes to zeros. For a tiny norm (``n_b < TINY``, e.g. a subnormal bucket
+maximum) ``S / n_b`` would overflow, so every backend scales first: with ``t = TINY_SCALE``
+if ``n_b < TINY`` else ``1``, ``a = (|r| t) * (S / (n_b t))`` (ssign likewise:
+``1/2 + (r t) * (0.5 / (n t))``); multiplying by a power of two is exact, so ``t = 1``
+changes no bit. Header sums use :mod:`.treesum`'s fixed order; every
 division and square root is correctly rounded; every backend performs the same fp32
 operations in the same order, without contraction into fused multiply-adds.
 """
@@ -34,6 +38,9 @@ from .bitpack import words_for
 from .treesum import Op
 
 FP16_MAX = 65504.0
+#: norms below this are scaled by ``TINY_SCALE`` before the quantizer divides by them
+TINY = 2.0**-64
+TINY_SCALE = 2.0**64
 
 
 class Kind(IntEnum):

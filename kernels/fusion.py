@@ -16,9 +16,11 @@ Per coordinate, with the compressor ``C`` in the middle::
 
 State tensors (``v``, ``u``, ``h``) are float32 and updated in place. Every backend
 evaluates exactly this sequence of fp32 operations, one rounding each, without
-contraction into fused multiply-adds, so the Triton kernels and their torch twins
-agree bit for bit. :func:`prologue` and :func:`epilogue` are the torch twin of the
-fused code and the reference every compressor's unfused path uses.
+contraction into fused multiply-adds, so the Triton kernels, the native CPU kernels and
+the torch twin agree bit for bit. This module is the shared spec (:class:`Fusion`, the
+codes kernels branch on, the fp32 scalars they receive); :mod:`.fusion_torch` is the
+torch twin (``prologue``/``epilogue``), :mod:`.fusion_triton` and :mod:`.fusion_cpu` the
+versions the kernels inline.
 """
 
 from __future__ import annotations
@@ -118,49 +120,3 @@ def check_state(fusion: Fusion, grad: torch.Tensor, state: dict[str, torch.Tenso
             )
         if not t.is_contiguous():
             raise ValueError(f"state {name!r} must be contiguous (it is updated in place)")
-
-
-def _fp32(x: float) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float32)
-
-
-def momentum_terms(fusion: Fusion) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1 - eta, eta)`` as fp32 scalars, rounded once, as the kernels receive them."""
-    return _fp32(1.0 - fusion.eta), _fp32(fusion.eta)
-
-
-def prologue(
-    fusion: Fusion, grad: torch.Tensor, state: dict[str, torch.Tensor], *, write: bool
-) -> torch.Tensor:
-    """The residual ``r`` (a new fp32 tensor). With ``write`` the momenta are updated in place."""
-    src = grad.reshape(-1).to(torch.float32)
-    if fusion.is_identity or (fusion.momentum == 0 and fusion.residual == "none"):
-        return src.clone() if src.data_ptr() == grad.data_ptr() else src
-    if fusion.momentum:
-        keep, take = momentum_terms(fusion)
-        v = state["v"].view(-1)
-        v_new = v * keep + src * take
-        src = v_new
-        if fusion.momentum == 2:
-            u = state["u"].view(-1)
-            src = u * keep + v_new * take
-            if write:
-                u.copy_(src)
-        if write:
-            v.copy_(v_new)
-    if fusion.residual == "sub":
-        return src - state["h"].view(-1)
-    if fusion.residual == "error":
-        return state["h"].view(-1) + src * _fp32(fusion.gamma)
-    return src
-
-
-def epilogue(
-    fusion: Fusion, r: torch.Tensor, c: torch.Tensor, state: dict[str, torch.Tensor]
-) -> None:
-    """Update ``h`` in place from the residual ``r`` and its compression ``c`` (both fp32)."""
-    if fusion.update == "add":
-        h = state["h"].view(-1)
-        h.add_(c * _fp32(fusion.beta))
-    elif fusion.update == "error":
-        torch.sub(r, c, out=state["h"].view(-1))

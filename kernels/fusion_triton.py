@@ -1,8 +1,8 @@
 """Triton side of :mod:`.fusion`: the prologue and epilogue every encode kernel inlines.
 
-``RESIDUAL``: 0 none, 1 ``r = src - h``, 2 ``r = h + gamma * src``.
-``UPDATE``: 0 none, 1 ``h += beta * c``, 2 ``h = r - c``.
-Launch with ``enable_fp_fusion=False``: the twin rounds every product and sum.
+``RESIDUAL`` and ``UPDATE`` are the :class:`.fusion.Residual` / :class:`.fusion.Update`
+codes, as constexprs. Launch with ``enable_fp_fusion=False``: the twin rounds every
+product and sum.
 """
 
 from __future__ import annotations
@@ -10,30 +10,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .fusion import Fusion
+from .fusion import Fusion, Residual, Update
 
-RESIDUAL_CODES = {"none": 0, "sub": 1, "error": 2}
-UPDATE_CODES = {"none": 0, "add": 1, "error": 2}
-
-
-def fp32(x: float) -> float:
-    """``x`` rounded to float32, as the kernels and the twin both use it."""
-    import struct
-
-    return struct.unpack("f", struct.pack("f", x))[0]
+R_SUB = tl.constexpr(int(Residual.SUB))
+R_ERROR = tl.constexpr(int(Residual.ERROR))
+U_ADD = tl.constexpr(int(Update.ADD))
+U_ERROR = tl.constexpr(int(Update.ERROR))
 
 
 def fusion_args(fusion: Fusion) -> dict:
     """Runtime scalars and constexpr flags of a fusion, as kernel keyword arguments."""
-    return dict(
-        keep=fp32(1.0 - fusion.eta),
-        take=fp32(fusion.eta),
-        gamma=fp32(fusion.gamma),
-        beta=fp32(fusion.beta),
-        MOMENTUM=fusion.momentum,
-        RESIDUAL=RESIDUAL_CODES[fusion.residual],
-        UPDATE=UPDATE_CODES[fusion.update],
-    )
+    return dict(**fusion.scalars(), MOMENTUM=fusion.momentum,
+                RESIDUAL=int(fusion.residual_code), UPDATE=int(fusion.update_code))
 
 
 @triton.jit
@@ -49,9 +37,9 @@ def load_residual(grad_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
     if MOMENTUM == 2:
         u = tl.load(u_ptr + offs, mask=mask, other=0.0) * keep + v * take
         src = u
-    if RESIDUAL == 1:
+    if RESIDUAL == R_SUB:
         r = src - tl.load(h_ptr + offs, mask=mask, other=0.0)
-    elif RESIDUAL == 2:
+    elif RESIDUAL == R_ERROR:
         r = tl.load(h_ptr + offs, mask=mask, other=0.0) + src * gamma
     else:
         r = src
@@ -66,8 +54,8 @@ def store_state(v_ptr, u_ptr, h_ptr, offs, mask, r, c, v, u, beta,
         tl.store(v_ptr + offs, v, mask=mask)
     if MOMENTUM == 2:
         tl.store(u_ptr + offs, u, mask=mask)
-    if UPDATE == 1:
+    if UPDATE == U_ADD:
         h = tl.load(h_ptr + offs, mask=mask, other=0.0)
         tl.store(h_ptr + offs, h + c * beta, mask=mask)
-    elif UPDATE == 2:
+    elif UPDATE == U_ERROR:
         tl.store(h_ptr + offs, r - c, mask=mask)

@@ -20,7 +20,7 @@ def uniform(seed, offs):
     return tl.random.uint_to_uniform_float(word)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _draw_kernel(seed, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

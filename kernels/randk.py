@@ -1,5 +1,6 @@
-"""Random-K sparsification with shared-seed indices: the torch twin and the dispatcher
-(:mod:`.randk_triton` has the kernels).
+"""Random-K sparsification with shared-seed indices: the spec (index stream, plan math) and
+the dispatcher. :mod:`.randk_torch` is the torch twin, :mod:`.randk_triton` and
+:mod:`.randk_cpu` the kernels.
 
 Index set: the first ``m`` *distinct* values of the Philox stream
 
@@ -29,22 +30,11 @@ from collections.abc import Callable
 
 import torch
 
-from . import philox_torch
+from .dispatch import Table
 from .fusion import Fusion
-from .sparse import accumulator, residual, scatter_add, sparse_epilogue
+from .sparse import accumulator
 
-
-def bounded(hi: torch.Tensor, lo: torch.Tensor, d: int) -> torch.Tensor:
-    """``floor((hi * 2**32 + lo) * d / 2**64)`` for uint32 values held in int64, exactly:
-    ``(hi * d + floor(lo * d / 2**32)) >> 32`` (every product stays below ``2**63``)."""
-    return (hi * d + ((lo * d) >> 32)) >> 32
-
-
-def draws_torch(seed: int, m: int, d: int, device="cpu") -> torch.Tensor:
-    """The first ``m`` draws of the stream (int64 in ``[0, d)``)."""
-    q = torch.arange((m + 1) // 2, dtype=torch.int64, device=device)
-    c0, c1, c2, c3 = philox_torch.randint4x(seed, q)
-    return torch.stack((bounded(c0, c1, d), bounded(c2, c3, d)), 1).view(-1)[:m]
+IMPLS = Table("randk", torch=".randk_torch", triton=".randk_triton", cpu=".randk_cpu")
 
 
 def first_distinct(draws: torch.Tensor, m: int) -> torch.Tensor | None:
@@ -68,23 +58,16 @@ def planned_draws(m: int, d: int) -> int:
     return math.ceil(mean + 6.0 * math.sqrt(m) + 64)
 
 
-def indices(seed: int, d: int, k: int, device, backend: str) -> torch.Tensor:
-    """The ``k`` selected coordinates (int64, ascending) for ``seed``."""
+
+def indices_from_draws(draws: Callable, seed: int, d: int, k: int, device) -> torch.Tensor:
+    """The ``k`` selected coordinates (int64, ascending) for ``seed``, from a backend's
+    ``draws(seed, m, d, device)`` (the first ``m`` draws of the stream)."""
     if k == d:
         return torch.arange(d, device=device)
     complement = k > d - k
     m = d - k if complement else k
     n = planned_draws(m, d)
-    while True:
-        if backend == "triton":
-            from .randk_triton import draws_triton
-
-            draws = draws_triton(seed, n, d, device)
-        else:
-            draws = draws_torch(seed, n, d, device)
-        chosen = first_distinct(draws, m)
-        if chosen is not None:
-            break
+    while (chosen := first_distinct(draws(seed, n, d, device), m)) is None:
         n *= 2
     if not complement:
         return chosen
@@ -105,6 +88,13 @@ WriteValues = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ReadValues = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+#: ``write(vals, payload) -> c_sel``: encode the ``K`` fp32 values into the payload and
+#: return what they decode to (fp32, accumulated from ``0.0`` as a decoder does)
+WriteValues = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``read(row, seed) -> vals``: the ``K`` fp32 values of one payload row
+ReadValues = Callable[[torch.Tensor, int], torch.Tensor]
+
+
 def write_fp32(vals: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
     """The plain value code: ``K`` fp32 values, then zero padding."""
     k = vals.numel()
@@ -113,43 +103,33 @@ def write_fp32(vals: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
     return vals + 0.0
 
 
-def encode_torch(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-                 write: WriteValues | None = None) -> None:
-    d = x.numel()
-    idx = indices(seed, d, k, x.device, "torch")
-    if fusion.is_identity:
-        r = None
-        vals = x[idx].to(torch.float32)
-    else:
-        r = residual(fusion, x, state)
-        vals = r[idx]
-    scale = value_scale(d, k, unbiased)
-    if scale != 1.0:
-        vals = vals * torch.tensor(scale, dtype=torch.float32)
-    c_sel = (write or write_fp32)(vals, payload)
-    if r is not None:
-        sparse_epilogue(fusion, r, idx, c_sel, state)
+
+def decode_rows(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
+                read: ReadValues | None, indices: Callable, scatter_add: Callable) -> None:
+    """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order) with a backend's
+    ``indices(seed, d, k, device)`` and ``scatter_add``; row ``i``'s indices come from
+    ``seeds[i]``, so only the values are read from the payload (by ``read``, or as fp32)."""
+    acc = accumulator(out, add)
+    for i, seed in enumerate(seeds):
+        vals = payloads[i, : 4 * k].view(torch.float32) if read is None else read(payloads[i], seed)
+        scatter_add(acc, indices(seed, d, k, payloads.device), vals, scale)
+    if acc.data_ptr() != out.data_ptr():
+        out.view(-1).copy_(acc)
+
+
+def indices(seed: int, d: int, k: int, device, backend: str) -> torch.Tensor:
+    """The ``k`` selected coordinates (int64, ascending) for ``seed``."""
+    return IMPLS(backend).indices(seed, d, k, device)
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
            backend: str, write: WriteValues | None = None) -> None:
     """Write the Random-K payload of ``r = prologue(x)`` (values coded by ``write``, fp32
     by default) and apply the epilogue."""
-    if backend == "triton":
-        from .randk_triton import encode_triton
-
-        encode_triton(unbiased, k, fusion, x, state, seed, payload, write)
-    else:
-        encode_torch(unbiased, k, fusion, x, state, seed, payload, write)
+    IMPLS(backend).encode(unbiased, k, fusion, x, state, seed, payload, write)
 
 
 def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
                backend: str, read: ReadValues | None = None) -> None:
-    """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order); row ``i``'s indices come from
-    ``seeds[i]``, so only the values are read from the payload (by ``read``, or as fp32)."""
-    acc = accumulator(out, add)
-    for i, seed in enumerate(seeds):
-        vals = payloads[i, : 4 * k].view(torch.float32) if read is None else read(payloads[i], seed)
-        scatter_add(acc, indices(seed, d, k, payloads.device, backend), vals, scale, backend)
-    if acc.data_ptr() != out.data_ptr():
-        out.view(-1).copy_(acc)
+    """``out (+)= scale * sum_i C_i``; row ``i``'s indices come from ``seeds[i]``."""
+    IMPLS(backend).decode_sum(k, payloads, d, seeds, out, scale, add, read)

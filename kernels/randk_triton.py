@@ -2,7 +2,7 @@
 prologue) and the dense epilogue pass. Launch with ``enable_fp_fusion=False``.
 
 The first-distinct selection over the draws (one stable sort, a scatter and a cumsum
-over ``O(K)`` values) runs as torch ops on the same device, shared with the twin.
+over ``O(K)`` values) runs as torch ops on the same device (:func:`.randk.indices_from_draws`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import triton.language as tl
 
 from .fusion import Fusion
 from .fusion_triton import fusion_args, load_residual, store_state
-from .randk import WriteValues, indices, value_scale
+from .randk import WriteValues, decode_rows, indices_from_draws, value_scale
+from .sparse_triton import scatter_add
 
 BLOCK = 1024
 
@@ -27,9 +28,9 @@ def _bounded(hi, lo, d):
     return ((hi64 * d64 + ((lo64 * d64) >> 32)) >> 32).to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "m"])
 def _draws_kernel(seed, out_ptr, m, d, BLOCK: tl.constexpr):
-    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     c0, c1, c2, c3 = tl.randint4x(seed, q)
     tl.store(out_ptr + 2 * q, _bounded(c0, c1, d), mask=2 * q < m)
     tl.store(out_ptr + 2 * q + 1, _bounded(c2, c3, d), mask=2 * q + 1 < m)
@@ -40,7 +41,7 @@ def _gather_kernel(x_ptr, v_ptr, u_ptr, h_ptr, idx_ptr, vals_ptr, k, keep, take,
                    scale, MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
                    SCALED: tl.constexpr, BLOCK: tl.constexpr):
     """vals[j] = r[idx[j]] (* scale), r from the prologue (state not written here)."""
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = j < k
     i = tl.load(idx_ptr + j, mask=live, other=0)
     r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, i, live, keep, take, gamma,
@@ -57,7 +58,7 @@ def _epilogue_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sel_ptr, c_ptr, d, keep, take, 
                      BLOCK: tl.constexpr):
     """Momenta and ``h`` update with ``c = where(selected, value + 0.0, 0.0)``, or with the
     dense ``c`` of a value code (``CODED``: zero off the selection)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
     r, v, u = load_residual(x_ptr, v_ptr, u_ptr, h_ptr, offs, mask, keep, take, gamma,
                             MOMENTUM, RESIDUAL)
@@ -72,18 +73,23 @@ def _epilogue_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sel_ptr, c_ptr, d, keep, take, 
     store_state(v_ptr, u_ptr, h_ptr, offs, mask, r, c, v, u, beta, MOMENTUM, UPDATE)
 
 
-def draws_triton(seed: int, m: int, d: int, device) -> torch.Tensor:
-    """Twin of :func:`.randk.draws_torch`."""
+def draws(seed: int, m: int, d: int, device) -> torch.Tensor:
+    """Twin of :func:`.randk_torch.draws`."""
     out = torch.empty(m, dtype=torch.int64, device=device)
     _draws_kernel[(triton.cdiv((m + 1) // 2, BLOCK),)](seed, out, m, d, BLOCK=BLOCK)
     return out
 
 
-def encode_triton(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-                  write: WriteValues | None = None) -> None:
-    """Twin of :func:`.randk.encode_torch`."""
+def indices(seed: int, d: int, k: int, device) -> torch.Tensor:
+    """Twin of :func:`.randk_torch.indices`."""
+    return indices_from_draws(draws, seed, d, k, device)
+
+
+def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
+           write: WriteValues | None = None) -> None:
+    """Twin of :func:`.randk_torch.encode`."""
     d = x.numel()
-    idx = indices(seed, d, k, x.device, "triton")
+    idx = indices(seed, d, k, x.device)
     scale = value_scale(d, k, unbiased)
     args = fusion_args(fusion)
     v, u, h = (state.get(name, x) for name in ("v", "u", "h"))
@@ -105,3 +111,9 @@ def encode_triton(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, p
         _epilogue_kernel[(triton.cdiv(d, BLOCK),)](
             x, v, u, h, sel, sel, d, scale=scale, **args, BLOCK=BLOCK, SCALED=scale != 1.0,
             CODED=coded, enable_fp_fusion=False)
+
+
+def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
+               read=None) -> None:
+    """Twin of :func:`.randk_torch.decode_sum`."""
+    decode_rows(k, payloads, d, seeds, out, scale, add, read, indices, scatter_add)

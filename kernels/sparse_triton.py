@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fusion_triton import fp32
+from .fusion import fp32
 
 BLOCK = 1024
 
@@ -18,7 +18,7 @@ BLOCK = 1024
 @triton.jit
 def _scatter_add_kernel(acc_ptr, idx_ptr, vals_ptr, k, d, scale,
                         HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = j < k
     i = tl.load(idx_ptr + j, mask=live, other=0).to(tl.int64)
     ok = live & (i >= 0) & (i < d)
@@ -29,9 +29,9 @@ def _scatter_add_kernel(acc_ptr, idx_ptr, vals_ptr, k, d, scale,
     tl.store(acc_ptr + i, a + v, mask=ok)
 
 
-def scatter_add_triton(acc: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor,
+def scatter_add(acc: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor,
                        scale: float) -> None:
-    """Twin of :func:`.sparse.scatter_add_torch`."""
+    """Twin of :func:`.sparse_torch.scatter_add`."""
     k = idx.numel()
     _scatter_add_kernel[(triton.cdiv(k, BLOCK),)](
         acc, idx, vals, k, acc.numel(), fp32(scale), HAS_SCALE=scale != 1.0, BLOCK=BLOCK,

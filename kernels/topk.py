@@ -1,5 +1,6 @@
-"""Top-K sparsification, exact and threshold ("approx") selection: the torch twin and the
-dispatcher (:mod:`.topk_triton` has the kernels).
+"""Top-K sparsification, exact and threshold ("approx") selection: the spec (plan math,
+payload layout, validation) and the dispatcher. :mod:`.topk_torch` is the torch twin,
+:mod:`.topk_triton` and :mod:`.topk_cpu` the kernels.
 
 Selection works on the order-preserving int32 image of ``|r|`` (:func:`.sparse.key_image`),
 ``r`` the fp32 residual. Every selection is a *band select*, parametrised by
@@ -43,31 +44,26 @@ Decoders check every index is in ``[0, d)`` and that they strictly increase.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from .bitpack import pack_words, unpack_fields, words_for
+from .bitpack import words_for
+from .dispatch import Table
 from .fusion import Fusion
-from .sparse import (
-    accumulator,
-    buffer,
-    key_image,
-    key_to_float,
-    keys_at_least,
-    residual,
-    scatter_add,
-    sparse_epilogue,
-)
+from .sparse import accumulator, key_image, key_to_float
 
 SAMPLE = 32768  # keys in the threshold mode's strided sample
 FRACTIONS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-GUESS = 1.5  # torch exact path: candidates above the sample key with ~GUESS * K above it
-_L1_SHIFT = 16  # torch exact path's fallback histogram: key >> 16 (2**15 bins)
+GUESS = 1.5  # exact paths: candidates above the sample key with ~GUESS * K above it
+
+IMPLS = Table("topk", torch=".topk_torch", triton=".topk_triton", cpu=".topk_cpu")
 
 
 def index_width(d: int) -> int:
     """Bits per index field: ``ceil(log2 d)``, 0 when ``d == 1``."""
     return (d - 1).bit_length()
+
 
 
 def body_bytes(k: int, d: int) -> int:
@@ -76,57 +72,13 @@ def body_bytes(k: int, d: int) -> int:
     return 4 * k + (4 * words_for(k, w) if w else 0)
 
 
-# -- selection (torch) --------------------------------------------------------------------
-def band_select_torch(ck: torch.Tensor, cand: torch.Tensor, top: int, lo: int,
-                      need: int) -> torch.Tensor:
-    """The band select (module doc) over candidates: ``cand`` ascending indices whose keys
-    ``ck`` include every key ``>= lo``. Returns the selected indices, ascending."""
-    sure = ck > top
-    band = (ck >= lo) & ~sure
-    if need == 0:
-        return cand[sure]
-    rank = torch.cumsum(band, 0, dtype=torch.int64)  # inclusive
-    return cand[sure | (band & (rank <= need))]
 
-
-def _select_candidates(ck: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact top-``k`` among candidates that hold every key ``>=`` the k-th largest:
-    ``T`` by a selection (``kthvalue``, linear time), then the band select ``(T, T, ...)``."""
-    c = ck.numel()
-    if c == k:
-        return cand
-    t = int(torch.kthvalue(ck, c - k + 1).values)  # the k-th largest key
-    return band_select_torch(ck, cand, t, t, k - int(torch.count_nonzero(ck > t)))
-
-
-def exact_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
-                        scratch: dict | None = None) -> torch.Tensor:
-    """Indices (int64, ascending) of the exact top-``k`` keys, ties by the lowest index.
-
-    The torch twin's CPU-friendly radix select: the first digit's bin boundary comes from
-    the strided sample (the key expected to have ``GUESS * k`` elements above it) and is
-    verified by the compaction of the candidates above it; when the sample misjudged it
-    (fewer than ``k`` candidates) a ``2**15``-bin histogram of ``key >> 16`` picks the bin
-    and the compaction is redone. Then a linear-time selection among the candidates."""
-    d = keys.numel()
-    if k == d:
-        return torch.arange(d, device=keys.device)
-    if d > SAMPLE:
-        desc, stride = _sample_desc(r)
-        cand = keys_at_least(keys, _sample_key(desc, stride, k, GUESS), scratch)
-        if cand.numel() >= k:
-            return _select_candidates(keys[cand], cand, k)
-    hist = torch.bincount(keys >> _L1_SHIFT, minlength=1 << (31 - _L1_SHIFT))
-    ge = hist.flip(0).cumsum(0).flip(0)  # ge[b] = #{key >> 16 >= b}
-    cand = keys_at_least(keys, (int((ge >= k).sum()) - 1) << _L1_SHIFT, scratch)
-    return _select_candidates(keys[cand], cand, k)
-
-
-def _sample_desc(r: torch.Tensor) -> tuple[torch.Tensor, int]:
+def sample_desc(r: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Keys of the strided sample ``r[::stride]`` (at most ``SAMPLE``), descending."""
     stride = max(1, r.numel() // SAMPLE)
     sample = key_image(r[::stride].contiguous())
     return torch.sort(sample, descending=True).values, stride
+
 
 
 def _sample_rank(n: int, stride: int, k: int, f: float) -> int:
@@ -134,16 +86,19 @@ def _sample_rank(n: int, stride: int, k: int, f: float) -> int:
     return min(n - 1, max(0, math.ceil(k * f / stride) - 1))
 
 
-def _sample_key(desc: torch.Tensor, stride: int, k: int, f: float) -> int:
+
+def sample_key(desc: torch.Tensor, stride: int, k: int, f: float) -> int:
     return int(desc[_sample_rank(desc.numel(), stride, k, f)])
+
 
 
 def sample_thresholds(r: torch.Tensor, k: int) -> torch.Tensor:
     """The threshold mode's candidate thresholds (int32 keys, non-increasing): keys of a
     strided sample of ``r`` at the ranks where ``f * k`` elements are expected above."""
-    desc, stride = _sample_desc(r)
+    desc, stride = sample_desc(r)
     ranks = [_sample_rank(desc.numel(), stride, k, f) for f in FRACTIONS]
-    return desc[torch.tensor(ranks, device=r.device)]
+    return torch.stack([desc[i] for i in ranks])  # views: no host-to-device copy
+
 
 
 def approx_plan(thresholds: list[int], counts: list[int], d: int,
@@ -175,84 +130,13 @@ def approx_plan(thresholds: list[int], counts: list[int], d: int,
     return (t_hi - 1, t_lo, k - m)
 
 
-def approx_indices_torch(r: torch.Tensor, keys: torch.Tensor, k: int,
-                         scratch: dict | None = None) -> torch.Tensor:
-    """The threshold mode's selection. The plan depends on the counts up to the first one
-    ``>= k`` only, so the candidates are compacted above the ``GUESS`` threshold first and
-    above the lowest threshold only when fewer than ``k`` lie above that."""
-    thresholds = sample_thresholds(r, k).tolist()
-    n = FRACTIONS.index(GUESS) + 1
-    cand = keys_at_least(keys, thresholds[n - 1], scratch)
-    if cand.numel() < k:
-        n = len(thresholds)
-        cand = keys_at_least(keys, thresholds[-1], scratch)
-    thresholds = thresholds[:n]
-    ck = keys[cand]
-    counts = [int(torch.count_nonzero(ck >= t)) for t in thresholds]
-    plan = approx_plan(thresholds, counts, keys.numel(), k)
-    if plan is None:
-        return exact_indices_torch(r, keys, k, scratch)
-    return band_select_torch(ck, cand, *plan)
 
 
-# -- payload --------------------------------------------------------------------------------
-def write_payload(payload: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, d: int) -> None:
-    k = vals.numel()
-    w = index_width(d)
-    payload[: 4 * k].view(torch.float32).copy_(vals)
-    if w:
-        nw = words_for(k, w)
-        pack_words(idx, w, out=payload[4 * k : 4 * (k + nw)].view(torch.int32))
-    payload[body_bytes(k, d) :].zero_()
-
-
-def encode_torch(approx: bool, k: int, fusion: Fusion, x: torch.Tensor, state, payload,
-                 scratch: dict | None = None) -> None:
-    r = residual(fusion, x, state)
-    d = r.numel()
-    keys = key_image(r, out=buffer(scratch, "keys", d, torch.int32, r.device))
-    if k == d:
-        idx = torch.arange(d, device=r.device)
-    elif approx:
-        idx = approx_indices_torch(r, keys, k, scratch)
-    else:
-        idx = exact_indices_torch(r, keys, k, scratch)
-    vals = r[idx]
-    write_payload(payload, vals, idx, d)
-    sparse_epilogue(fusion, r, idx, vals + 0.0, state)
-
-
-def encode(approx: bool, k: int, fusion: Fusion, x, state, payload, backend: str,
-           scratch: dict | None = None) -> None:
-    """Write the Top-K payload of ``r = prologue(x)`` and apply the epilogue with ``C(r)``.
-    ``scratch``: a dict the caller keeps between calls, holding reusable work buffers."""
-    if backend == "triton":
-        from .topk_triton import encode_triton
-
-        encode_triton(approx, k, fusion, x, state, payload)
-    else:
-        encode_torch(approx, k, fusion, x, state, payload, scratch)
-
-
-# -- decode ---------------------------------------------------------------------------------
-def read_payloads(payloads: torch.Tensor, k: int, d: int, backend: str, name: str):
-    """``(idx [n, k] int64, vals [n, k] fp32 view)`` of payload rows whose length was checked;
-    raises ``ValueError`` naming the row when an index is outside ``[0, d)`` or the indices
-    do not strictly increase (as every encoder writes them)."""
-    n = payloads.shape[0]
-    vals = payloads[:, : 4 * k].view(torch.float32)
-    w = index_width(d)
-    if w == 0:
-        return torch.zeros(n, k, dtype=torch.int64, device=payloads.device), vals
-    nw = words_for(k, w)
-    words = payloads[:, 4 * k : 4 * (k + nw)].view(torch.int32)
-    if backend == "triton":
-        from .bitpack_triton import unpack_triton as unpack
-    else:
-        unpack = unpack_fields
-    idx = torch.stack([unpack(words[i], k, w) for i in range(n)])
+def check_indices(idx: torch.Tensor, d: int, name: str) -> None:
+    """Raise ``ValueError`` naming the first row of ``idx`` ([n, k] int64) whose indices
+    are not strictly increasing in ``[0, d)`` (as every encoder writes them)."""
     bad = ((idx < 0) | (idx >= d)).any(1)
-    if k > 1:
+    if idx.shape[1] > 1:
         bad |= (idx[:, 1:] <= idx[:, :-1]).any(1)
     if bool(bad.any()):
         row = int(torch.nonzero(bad)[0])
@@ -260,19 +144,45 @@ def read_payloads(payloads: torch.Tensor, k: int, d: int, backend: str, name: st
             f"{name}: payload row {row} is corrupt: its index fields must strictly increase "
             f"and lie in [0, {d}); nothing was written"
         )
+
+
+def read_payloads(payloads: torch.Tensor, k: int, d: int, name: str,
+                  unpack: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(idx [n, k] int64, vals [n, k] fp32 view)`` of payload rows whose length was checked,
+    the index fields read with a backend's ``unpack(words, n, width)``; validated by
+    :func:`check_indices`."""
+    n = payloads.shape[0]
+    vals = payloads[:, : 4 * k].view(torch.float32)
+    w = index_width(d)
+    if w == 0:
+        return torch.zeros(n, k, dtype=torch.int64, device=payloads.device), vals
+    nw = words_for(k, w)
+    words = payloads[:, 4 * k : 4 * (k + nw)].view(torch.int32)
+    idx = torch.stack([unpack(words[i], k, w) for i in range(n)])
+    check_indices(idx, d, name)
     return idx, vals
+
+
+def decode_rows(k: int, payloads, d: int, out, scale: float, add: bool, name: str,
+                unpack: Callable, scatter_add: Callable) -> None:
+    """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order) with a backend's ``unpack``
+    and ``scatter_add``, after validating every row."""
+    idx, vals = read_payloads(payloads, k, d, name, unpack)
+    acc = accumulator(out, add)
+    for i in range(payloads.shape[0]):
+        scatter_add(acc, idx[i], vals[i], scale)
+    if acc.data_ptr() != out.data_ptr():
+        out.view(-1).copy_(acc)
+
+
+def encode(approx: bool, k: int, fusion: Fusion, x, state, payload, backend: str,
+           scratch: dict | None = None) -> None:
+    """Write the Top-K payload of ``r = prologue(x)`` and apply the epilogue with ``C(r)``.
+    ``scratch``: a dict the caller keeps between calls, holding reusable work buffers."""
+    IMPLS(backend).encode(approx, k, fusion, x, state, payload, scratch)
 
 
 def decode_sum(k: int, payloads, d: int, out, scale: float, add: bool, backend: str,
                name: str = "topk") -> None:
     """``out (+)= scale * sum_i C_i`` (:mod:`.sparse` order), after validating every row."""
-    idx, vals = read_payloads(payloads, k, d, backend, name)
-    acc = accumulator(out, add)
-    for i in range(payloads.shape[0]):
-        scatter_add(acc, idx[i], vals[i], scale, backend)
-    if acc.data_ptr() != out.data_ptr():
-        out.view(-1).copy_(acc)
-
-
-__all__ = ["SAMPLE", "FRACTIONS", "index_width", "body_bytes", "encode", "decode_sum",
-           "exact_indices_torch", "approx_indices_torch", "approx_plan"]
+    IMPLS(backend).decode_sum(k, payloads, d, out, scale, add, name)

@@ -10,7 +10,9 @@ import torch
 
 from gradpack.compressors import from_spec
 from gradpack.kernels import topk as kt
-from gradpack.kernels.fusion import Fusion, epilogue, prologue
+from gradpack.kernels.bitpack_torch import unpack_fields
+from gradpack.kernels.fusion import Fusion
+from gradpack.kernels.fusion_torch import epilogue, prologue
 from gradpack.kernels.sparse import key_image
 
 KINDS = ["random", "ties", "all_equal", "all_zero", "sparse", "heavy_tail", "one_bin",
@@ -59,7 +61,7 @@ def dense(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
 
 def payload_indices(c, payload, d):
     k = c.k(d)
-    idx, vals = kt.read_payloads(payload[None], k, d, "torch", c.spec)
+    idx, vals = kt.read_payloads(payload[None], k, d, c.spec, unpack_fields)
     return idx[0].numpy(), vals[0]
 
 
@@ -170,7 +172,8 @@ def _corrupt(c, d, fields):
     x = make("random", d)
     p = c.encode(x).clone()
     k, w = c.k(d), kt.index_width(d)
-    from gradpack.kernels.bitpack import pack_words, words_for
+    from gradpack.kernels.bitpack import words_for
+    from gradpack.kernels.bitpack_torch import pack_words
 
     nw = words_for(k, w)
     pack_words(torch.tensor(fields), w, out=p[4 * k : 4 * (k + nw)].view(torch.int32))
@@ -328,10 +331,12 @@ def test_triton_radix_early_exit(tdevice):
     x = torch.zeros(d)
     x[torch.randperm(d, generator=torch.Generator().manual_seed(8))[:k]] = (
         1.0 + torch.arange(k) * 2.0**-20)
-    from gradpack.kernels.topk_triton import _exact_plan
+    from gradpack.kernels import topk_triton as tt
 
     lo = int(key_image(torch.tensor([1.0])))
-    assert _exact_plan(x.to(tdevice), k) == (lo - 1, lo, 0)
+    plan = tt._exact_plan(x.to(tdevice), k, torch.zeros(6, dtype=torch.int64, device=tdevice))
+    assert plan[tt.TOP : tt.NEED + 1].tolist() == [lo - 1, lo, 0]
+    assert int(plan[tt.PREFIX]) == lo >> 20  # stopped after the first (11-bit) digit
     want = from_spec(f"topk:{k}", backend="torch").encode(x)
     assert torch.equal(from_spec(f"topk:{k}", backend="triton").encode(x.to(tdevice)).cpu(), want)
 
@@ -365,12 +370,12 @@ def test_triton_decode_sum_matches_torch(tdevice):
 @pytest.mark.triton
 def test_triton_scatter_never_writes_out_of_bounds(tdevice):
     """Defence in depth below the validation: the store is masked to [0, d)."""
-    from gradpack.kernels.sparse_triton import scatter_add_triton
+    from gradpack.kernels.sparse_triton import scatter_add
 
     guard = torch.full((30,), 7.0, device=tdevice)
     acc = guard[10:20]  # d = 10 inside a larger buffer
     acc.zero_()
     idx = torch.tensor([-1, 3, 10, 2**40], device=tdevice)
-    scatter_add_triton(acc, idx, torch.ones(4, device=tdevice), 1.0)
+    scatter_add(acc, idx, torch.ones(4, device=tdevice), 1.0)
     assert guard[:10].eq(7).all() and guard[20:].eq(7).all()
     assert acc.cpu().tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gradpack.kernels import treesum
+from gradpack.kernels import treesum, treesum_torch
 from gradpack.kernels.fusion import PLAIN, Fusion
 
 
@@ -27,7 +27,7 @@ def _ref(vals, seglen):
                                       (3000, 7), (4097, 512)])
 def test_order_matches_reference(d, seglen):
     x = torch.randn(d, generator=torch.Generator().manual_seed(d)).abs()
-    got = treesum.tree_sum_rows(x, seglen)
+    got = treesum_torch.tree_sum_rows(x, seglen)
     assert got.tolist() == _ref(x, seglen)
 
 
@@ -35,7 +35,7 @@ def test_order_matches_reference(d, seglen):
 def test_max_op_is_the_segment_maximum(d, seglen):
     """OP_MAX: the maximum of |r| per segment, exactly (padding never wins)."""
     x = -torch.randn(d, generator=torch.Generator().manual_seed(d)).abs()
-    got = treesum.segment_sums(PLAIN, x, {}, seglen, treesum.OP_MAX)
+    got = treesum_torch.segment_sums(PLAIN, x, {}, seglen, treesum.Op.MAX)
     want = [max(abs(v) for v in x[i:i + seglen].tolist()) for i in range(0, d, seglen)]
     assert got.tolist() == want
 
@@ -46,16 +46,16 @@ FUSIONS = [PLAIN, Fusion(momentum=1, eta=0.1, residual="sub"),
 
 @pytest.mark.triton
 @pytest.mark.parametrize("fusion", FUSIONS)
-@pytest.mark.parametrize("op", [treesum.OP_ABS, treesum.OP_SQUARE, treesum.OP_MAX])
+@pytest.mark.parametrize("op", [treesum.Op.ABS, treesum.Op.SQUARE, treesum.Op.MAX])
 @pytest.mark.parametrize("d,seglen", [(1, 1), (9, 9), (4097, 4097), (3000, 128), (5000, 1100),
                                       (2049, 100)])
 def test_triton_matches_torch(tdevice, fusion, op, d, seglen):
-    from gradpack.kernels.treesum_triton import segment_sums_triton
+    from gradpack.kernels.treesum_triton import segment_sums as segment_sums_triton
 
     g = torch.Generator().manual_seed(d + seglen)
     x = torch.randn(d, generator=g)
     state = {k: torch.randn(d, generator=g) for k in fusion.state_names()}
-    want = treesum.segment_sums(fusion, x, state, seglen, op)
+    want = treesum_torch.segment_sums(fusion, x, state, seglen, op)
     got = segment_sums_triton(fusion, x.to(tdevice), {k: t.to(tdevice) for k, t in state.items()},
                               seglen, op)
     assert torch.equal(got.cpu(), want)
