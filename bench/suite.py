@@ -130,7 +130,7 @@ def bench(
         if any(s.split(":")[0] in PHILOX_FAMILIES for s in specs) and device.type == "cpu":
             est = run.too_slow(("philox.rand", ""), d)
             if est is None:
-                s = run.time(lambda: philox_torch.uniforms(0, 0, d, device))
+                s = run.time(lambda n=d: philox_torch.uniforms(0, 0, n, device))
                 run.add("philox.rand", "", d, s, 4 * d, copy,
                         note="torch twin of the element stream alone: bounds ssign/qsgd/randk")
         for spec in specs:
