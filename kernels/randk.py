@@ -37,43 +37,58 @@ from .sparse import accumulator
 IMPLS = Table("randk", torch=".randk_torch", triton=".randk_triton", cpu=".randk_cpu")
 
 
-def first_distinct(draws: torch.Tensor, m: int) -> torch.Tensor | None:
+def first_distinct(draws: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``m`` distinct values of ``draws`` in order of appearance, returned in
-    ascending order; ``None`` when there are fewer than ``m``."""
+    ascending order, and a device flag: are there ``m`` distinct values at all (if not, the
+    tail of the result is unspecified)? Fixed-size device operations only: no host read."""
     vals, perm = torch.sort(draws, stable=True)
     first = torch.ones_like(vals, dtype=torch.bool)
     first[1:] = vals[1:] != vals[:-1]
-    if int(first.sum()) < m:
-        return None
-    first_at = torch.zeros_like(first)
-    first_at[perm[first]] = True  # positions in the stream of first appearances
-    chosen = first_at & (torch.cumsum(first_at, 0) <= m)
-    return vals[chosen[perm]]
+    # positions in the stream of first appearances
+    first_at = torch.zeros_like(first).scatter_(0, perm, first)
+    chosen = (first_at & (torch.cumsum(first_at, 0) <= m))[perm]  # in sorted order
+    return _compact(chosen, vals, m), first.sum() >= m
+
+
+def _compact(keep: torch.Tensor, vals: torch.Tensor, m: int) -> torch.Tensor:
+    """``vals[keep]`` for a mask known to hold ``m`` entries, without a host read: each
+    kept value is scattered to its rank, the others to a discarded slot."""
+    slot = torch.where(keep, torch.cumsum(keep, 0) - 1, m)
+    return torch.empty(m + 1, dtype=vals.dtype, device=vals.device).scatter_(0, slot, vals)[:m]
 
 
 def planned_draws(m: int, d: int) -> int:
     """Draws that hold ``m`` distinct values with overwhelming probability: the coupon
-    mean ``d ln(d / (d - m))`` plus six standard deviations (variance ``<= m``)."""
+    mean ``d ln(d / (d - m))`` plus eight standard deviations (variance ``<= m``)."""
     mean = d * (math.log(d) - math.log(d - m))
-    return math.ceil(mean + 6.0 * math.sqrt(m) + 64)
-
+    return math.ceil(mean + 8.0 * math.sqrt(m) + 64)
 
 
 def indices_from_draws(draws: Callable, seed: int, d: int, k: int, device) -> torch.Tensor:
     """The ``k`` selected coordinates (int64, ascending) for ``seed``, from a backend's
-    ``draws(seed, m, d, device)`` (the first ``m`` draws of the stream)."""
+    ``draws(seed, m, d, device)`` (the first ``m`` draws of the stream), with fixed-size
+    device operations: no host synchronisation on a GPU. :func:`planned_draws` hold ``m``
+    distinct values except with probability far below ``1e-12``; should they not, a CPU
+    run draws twice as many (the same set: the stream is counter-based) and a GPU run
+    stops with a device-side assertion rather than send a wrong set."""
+    device = torch.device(device)
     if k == d:
         return torch.arange(d, device=device)
     complement = k > d - k
     m = d - k if complement else k
     n = planned_draws(m, d)
-    while (chosen := first_distinct(draws(seed, n, d, device), m)) is None:
-        n *= 2
+    chosen, enough = first_distinct(draws(seed, n, d, device), m)
+    if device.type == "cpu":
+        while not bool(enough):  # free on the CPU
+            n *= 2
+            chosen, enough = first_distinct(draws(seed, n, d, device), m)
+    else:
+        torch._assert_async(enough, "Random-K: fewer distinct draws than planned")
     if not complement:
         return chosen
     keep = torch.ones(d, dtype=torch.bool, device=device)
     keep[chosen] = False
-    return torch.nonzero(keep).view(-1)
+    return _compact(keep, torch.arange(d, device=device), k)
 
 
 def value_scale(d: int, k: int, unbiased: bool) -> float:
@@ -110,9 +125,12 @@ def decode_rows(k: int, payloads, d: int, seeds, out, scale: float, add: bool,
     ``indices(seed, d, k, device)`` and ``scatter_add``; row ``i``'s indices come from
     ``seeds[i]``, so only the values are read from the payload (by ``read``, or as fp32)."""
     acc = accumulator(out, add)
+    sets: dict[int, torch.Tensor] = {}  # one index set per distinct seed
     for i, seed in enumerate(seeds):
         vals = payloads[i, : 4 * k].view(torch.float32) if read is None else read(payloads[i], seed)
-        scatter_add(acc, indices(seed, d, k, payloads.device), vals, scale)
+        if seed not in sets:
+            sets[seed] = indices(seed, d, k, payloads.device)
+        scatter_add(acc, sets[seed], vals, scale)
     if acc.data_ptr() != out.data_ptr():
         out.view(-1).copy_(acc)
 

@@ -38,8 +38,29 @@ def test_seeds_differ_and_draw_count_does_not_matter():
     assert len(sets) == 20
     # the set is the first k distinct values of the stream, however many draws were made
     stream = randk_torch.draws(7, 10 * k, d)
-    assert torch.equal(kr.first_distinct(stream, k), kr.first_distinct(stream[: 2 * k], k))
-    assert kr.first_distinct(torch.zeros(5, dtype=torch.int64), 2) is None
+    long, enough = kr.first_distinct(stream, k)
+    short, enough_short = kr.first_distinct(stream[: 2 * k], k)
+    assert bool(enough) and bool(enough_short) and torch.equal(long, short)
+    seen, order = set(), []  # the definition, element by element
+    for v in stream.tolist():
+        if v not in seen and len(order) < k:
+            seen.add(v)
+            order.append(v)
+    assert long.tolist() == sorted(order)
+    assert not bool(kr.first_distinct(torch.zeros(5, dtype=torch.int64), 2)[1])
+
+
+def test_too_few_draws_are_extended_on_the_cpu():
+    """Should the planned draws hold fewer than m distinct values, the CPU path draws more
+    and still returns the same set (the stream is counter-based)."""
+    d, k = 1000, 300
+    want = kr.indices(3, d, k, "cpu", "torch")
+    real = kr.planned_draws
+    try:
+        kr.planned_draws = lambda m, d: m  # far too few: forces the extension
+        assert torch.equal(kr.indices(3, d, k, "cpu", "torch"), want)
+    finally:
+        kr.planned_draws = real
 
 
 def test_bounded_is_floor_of_64_bit_product():
