@@ -64,13 +64,15 @@ def planned_draws(m: int, d: int) -> int:
     return math.ceil(mean + 8.0 * math.sqrt(m) + 64)
 
 
-def indices_from_draws(draws: Callable, seed: int, d: int, k: int, device) -> torch.Tensor:
+def indices_from_draws(draws: Callable, seed: int, d: int, k: int, device,
+                       extend_on_host: bool) -> torch.Tensor:
     """The ``k`` selected coordinates (int64, ascending) for ``seed``, from a backend's
     ``draws(seed, m, d, device)`` (the first ``m`` draws of the stream), with fixed-size
     device operations: no host synchronisation on a GPU. :func:`planned_draws` hold ``m``
-    distinct values except with probability far below ``1e-12``; should they not, a CPU
-    run draws twice as many (the same set: the stream is counter-based) and a GPU run
-    stops with a device-side assertion rather than send a wrong set."""
+    distinct values except with probability far below ``1e-12``; should they not, with
+    ``extend_on_host`` (where a host read is free: the torch twin on the CPU) twice as
+    many are drawn (the same set: the stream is counter-based), otherwise the run stops
+    with a device-side assertion rather than send a wrong set."""
     device = torch.device(device)
     if k == d:
         return torch.arange(d, device=device)
@@ -78,7 +80,7 @@ def indices_from_draws(draws: Callable, seed: int, d: int, k: int, device) -> to
     m = d - k if complement else k
     n = planned_draws(m, d)
     chosen, enough = first_distinct(draws(seed, n, d, device), m)
-    if device.type == "cpu":
+    if extend_on_host:
         while not bool(enough):  # free on the CPU
             n *= 2
             chosen, enough = first_distinct(draws(seed, n, d, device), m)

@@ -27,7 +27,8 @@ def draws(seed: int, m: int, d: int, device="cpu") -> torch.Tensor:
 
 def indices(seed: int, d: int, k: int, device="cpu") -> torch.Tensor:
     """The ``k`` selected coordinates (int64, ascending) for ``seed``."""
-    return indices_from_draws(draws, seed, d, k, device)
+    return indices_from_draws(draws, seed, d, k, device,
+                              extend_on_host=torch.device(device).type == "cpu")
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,

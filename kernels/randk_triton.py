@@ -82,7 +82,7 @@ def draws(seed: int, m: int, d: int, device) -> torch.Tensor:
 
 def indices(seed: int, d: int, k: int, device) -> torch.Tensor:
     """Twin of :func:`.randk_torch.indices`."""
-    return indices_from_draws(draws, seed, d, k, device)
+    return indices_from_draws(draws, seed, d, k, device, extend_on_host=False)
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
