@@ -38,12 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--table", action="store_true",
                         help="print the markdown table of the latest run in --out and exit")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="run the prepared GPU check (gradpack.bench.gpu_check): twins on "
+                             "CUDA, the suite at 100M elements, DDP on NCCL and gloo; results "
+                             "to --out/gpu_check_<device>.json (without CUDA: says so, exit 0)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.table:
         print(markdown(results.load(args.out / results.JSONL)))
         return 0
+    if args.gpu_check:
+        from .gpu_check import main as gpu_check
+
+        return gpu_check(["--out", str(args.out)])
     from .suite import bench, default_specs
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
