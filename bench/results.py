@@ -2,8 +2,11 @@
 and CSV to ``bench/results/``.
 
 ``baseline_ratio`` is baseline time / op time: above 1 the gradpack op is faster.
-``pct_of_copy`` is the op's achieved GB/s over the GB/s of a copy of the same input,
-measured in the same run on the same device. ``run`` groups the rows of one invocation.
+``pct_of_copy`` is the op's achieved GB/s over the GB/s of a copy of the same input, and
+``copy_ratio`` the op's time over that copy's time (the issue targets' unit), both
+measured in the same run on the same device. ``first_call_s`` is the op's first call in
+the process: it includes compiling (Triton, numba) or loading the compiled code from the
+disk cache. ``run`` groups the rows of one invocation.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import gradpack
 
 FIELDS = (
     "run", "op", "spec", "backend", "device", "device_name", "size", "time_s", "gbps",
-    "pct_of_copy", "baseline", "baseline_time_s", "baseline_ratio", "version", "timestamp",
-    "note",
+    "pct_of_copy", "copy_ratio", "first_call_s", "baseline", "baseline_time_s",
+    "baseline_ratio", "version", "timestamp", "note",
 )
 JSONL = "results.jsonl"
 CSV = "results.csv"

@@ -10,13 +10,14 @@ import torch
 
 from gradpack.compressors import from_spec, names
 from gradpack.kernels import philox_torch
+from gradpack.kernels.backend import resolve
 from gradpack.kernels.fusion import Fusion
 
 from . import results
 from .alloc import describe
 from .baselines import EF14_LR, baseline
 from .roofline import OPS, copy_gbps, op_bytes
-from .timing import median_time
+from .timing import timed
 
 FUSIONS = {
     "ef21": Fusion(residual="sub", update="add"),
@@ -24,7 +25,7 @@ FUSIONS = {
 }
 #: specs benchmarked for each registered family; a family not listed runs as its bare name
 SPECS = {
-    "qsgd": ["qsgd:7"],  # 4-bit codes: sign + 3 level bits
+    "qsgd": ["qsgd:4"],  # 4-bit codes: sign + 3 level bits
     "topk": ["topk:0.01", "topk:0.01:approx"],
     "randk": ["randk:0.01"],
 }
@@ -47,9 +48,12 @@ class Run:
             device_name=results.device_name(device), version=results.version(),
         )
         self._last: dict[tuple[str, str], tuple[int, float]] = {}
+        self.copy_s: dict[int, float] = {}  # the copy roofline's time, per size
+        self.first_s: float | None = None  # the last timed op's first call
 
     def time(self, fn) -> float:
-        return median_time(fn, self.device, repeats=self.repeats)
+        seconds, self.first_s = timed(fn, self.device, repeats=self.repeats)
+        return seconds
 
     def too_slow(self, key, d) -> float | None:
         """Estimated seconds when the previous size's time, scaled to ``d``, exceeds the budget."""
@@ -59,13 +63,15 @@ class Run:
         estimate = prev[1] * d / prev[0]
         return estimate if estimate > self.max_op_s else None
 
-    def add(self, op, spec, d, seconds, nbytes, copy, base=(None, None), note=""):
+    def add(self, op, spec, d, seconds, nbytes, copy, base=(None, None), note="", first=None):
         self._last[(op, spec)] = (d, seconds)
         gbps = nbytes / seconds / 1e9
         base_name, base_s = base
+        copy_s = self.copy_s.get(d)
         r = results.row(
             **self.common, op=op, spec=spec, size=d, time_s=seconds, gbps=gbps,
-            pct_of_copy=100 * gbps / copy, baseline=base_name, baseline_time_s=base_s,
+            pct_of_copy=100 * gbps / copy, copy_ratio=seconds / copy_s if copy_s else None,
+            first_call_s=first, baseline=base_name, baseline_time_s=base_s,
             baseline_ratio=base_s / seconds if base_s else None, timestamp=results.now(),
             note=note,
         )
@@ -100,13 +106,35 @@ def bench_spec(run: Run, spec: str, x: torch.Tensor, copy: float, n: int, ops=OP
         except (ValueError, NotImplementedError) as e:
             run.log(f"{d:>11,} {spec:<18} {op:<10} not supported: {e}")
             continue
+        first = run.first_s
         decode_each = lambda: [c.decode(payloads[i], d, seed=i) for i in seeds]  # noqa: E731
         base_name, base_fn = baseline(op, spec, x, {"h": h.zero_()}, decode_each)
         base_s = run.time(base_fn) if base_fn else None
         note = ""
         if op == "decode_sum":
             note = describe(fn, base_fn, d, n, x.device)
-        run.add(op, spec, d, seconds, op_bytes(op, d, P, n), copy, (base_name, base_s), note)
+        run.add(op, spec, d, seconds, op_bytes(op, d, P, n), copy, (base_name, base_s), note,
+                first)
+
+
+def bench_philox(run: Run, d: int, copy: float) -> None:
+    """The element stream's uniforms alone (what bounds ssign/qsgd/randk), on the
+    backend the compressors resolve to: the native kernel or the torch twin."""
+    backend = resolve(run.backend, run.device)
+    if backend == "triton" or run.too_slow(("philox.rand", ""), d) is not None:
+        return
+    if backend == "cpu":
+        import numpy as np
+
+        from gradpack.kernels import philox_cpu
+
+        buf = np.empty(d, dtype=np.float32)
+        fn = lambda: philox_cpu.uniforms(0, 0, d, buf)  # noqa: E731
+    else:
+        fn = lambda: philox_torch.uniforms(0, 0, d, run.device)  # noqa: E731
+    s = run.time(fn)
+    run.add("philox.rand", "", d, s, 4 * d, copy, first=run.first_s,
+            note=f"{backend}: the element stream alone (bounds ssign/qsgd/randk)")
 
 
 def bench(
@@ -126,13 +154,10 @@ def bench(
     for d in sizes:
         x = torch.randn(d, generator=gen, device=device)
         copy_s, copy = copy_gbps(x, repeats=repeats)
+        run.copy_s[d] = copy_s
         run.add("copy", "", d, copy_s, 8 * d, copy, note="roofline: dst.copy_(x), fp32")
-        if any(s.split(":")[0] in PHILOX_FAMILIES for s in specs) and device.type == "cpu":
-            est = run.too_slow(("philox.rand", ""), d)
-            if est is None:
-                s = run.time(lambda n=d: philox_torch.uniforms(0, 0, n, device))
-                run.add("philox.rand", "", d, s, 4 * d, copy,
-                        note="torch twin of the element stream alone: bounds ssign/qsgd/randk")
+        if any(s.split(":")[0] in PHILOX_FAMILIES for s in specs):
+            bench_philox(run, d, copy)
         for spec in specs:
             bench_spec(run, spec, x, copy, n, tuple(ops))
     return run.rows

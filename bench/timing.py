@@ -27,15 +27,21 @@ def _once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def median_time(
+def timed(
     fn: Callable[[], object],
     device: torch.device,
     *,
     repeats: int = 5,
     slow_s: float = 1.0,
-) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up."""
+) -> tuple[float, float]:
+    """``(median, first)``: the median wall time of ``fn()`` in seconds over ``repeats``
+    calls after one warm-up, and the warm-up's own time."""
     first = _once(fn, device)
     if first > slow_s:
-        return _once(fn, device)
-    return statistics.median(_once(fn, device) for _ in range(max(1, repeats)))
+        return _once(fn, device), first
+    return statistics.median(_once(fn, device) for _ in range(max(1, repeats))), first
+
+
+def median_time(fn: Callable[[], object], device: torch.device, **kw) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after one warm-up."""
+    return timed(fn, device, **kw)[0]
