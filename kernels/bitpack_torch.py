@@ -1,8 +1,8 @@
-"""Torch twin of :mod:`.bitpack` (the spec has the bit order)."""
+"""Torch twin of :mod:`.bitpack` (the spec has the bit order): plain tensor operations on
+any device, no host round trip."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .bitpack import check_width, words_for
@@ -23,9 +23,10 @@ def pack_words(codes: torch.Tensor, width: int, out: torch.Tensor | None = None)
     groups = (n + 31) // 32
     c = torch.zeros(groups * 32, dtype=torch.int64, device=codes.device)
     c[:n] = codes.reshape(-1)
-    if width == 1:  # one bit per field: numpy's packbits writes the stream directly
-        packed = np.packbits(c.to(torch.uint8).cpu().numpy(), bitorder="little")
-        words = torch.from_numpy(packed.view(np.int32)).to(c.device, torch.int64) & _M32
+    if 32 % width == 0:  # whole fields per word: shift each into place, add (disjoint bits)
+        per_word = 32 // width
+        shifts = torch.arange(per_word, device=c.device) * width
+        words = (c.view(-1, per_word) << shifts).sum(1)
     else:  # field j of each 32-field group lands at bit j*width of the group's stream
         c = c.view(groups, 32)
         words = torch.zeros(groups, width, dtype=torch.int64, device=c.device)
@@ -47,9 +48,6 @@ def unpack_fields(words: torch.Tensor, n: int, width: int) -> torch.Tensor:
     w = torch.zeros(groups * width, dtype=torch.int64, device=words.device)
     take = min(words.numel(), w.numel())
     w[:take] = words[:take]
-    if width == 1:  # numpy's unpackbits reads the stream directly
-        bits = np.unpackbits(w.to(torch.int32).cpu().numpy().view(np.uint8), bitorder="little")
-        return torch.from_numpy(bits[:n]).to(words.device, torch.int64)
     w &= _M32
     mask = (1 << width) - 1
     if 32 % width == 0:
