@@ -13,6 +13,18 @@ minibatch SGD over an fp32 all-gather), EF21-SGDM + Top-K 1% and EF14 + sign on 
 communication-bound digits MLP (``--model mlp``, 4.3M parameters), and reports the
 training-clock time each takes to reach the baseline's final test accuracy.
 
+Beside them, in the same run, the comparison users make: PyTorch's own DDP comm hooks
+(``fp16_compress_hook``, ``bf16_compress_hook``, ``powerSGD_hook`` at rank 1 and 4) on the
+same model, initialisation, minibatches, optimizer and evaluation, one rank per namespace
+(``python -m gradpack.bench.slow_link --torch-hook-worker SPEC``). PowerSGD runs with one
+DDP bucket (it issues an all-reduce inside a Future callback and deadlocks on gloo with two
+or more) and ``start_powerSGD_iter=2``, its smallest (the first two steps are plain fp32
+all-reduces). Their
+bits per worker are what each all-reduce carries (16 per element for fp16/bf16; PowerSGD's
+``P`` and ``Q`` factors and its uncompressed vectors at 32, from its own
+``compression_stats``); their encode/decode time is the hook body's (the compression and
+issuing the collective; decompression runs in PyTorch's callbacks, inside "comm").
+
 Needs root, ``ip`` and ``tc`` (iproute2); otherwise it says so and exits with status 0
 without running anything. Run it as::
 
@@ -39,7 +51,13 @@ RUNS = [  # label, algorithm, compressor, hparams, steps factor (compressed runs
     ("baseline (dcgd + identity)", "dcgd", "identity", [], 1),
     ("EF21-SGDM + Top-K 1%", "ef21-sgdm", "topk:0.01", ["eta=0.1"], 2),
     ("EF14 + sign", "ef14", "sign", [], 2),
+    # PyTorch's own hooks: algorithm "torch", the hook spec as the compressor
+    ("PyTorch fp16_compress_hook", "torch", "fp16", [], 1),
+    ("PyTorch bf16_compress_hook", "torch", "bf16", [], 1),
+    ("PyTorch powerSGD_hook rank 1", "torch", "powersgd:1", [], 2),
+    ("PyTorch powerSGD_hook rank 4", "torch", "powersgd:4", [], 2),
 ]
+TORCH_HOOKS = ("fp16", "bf16", "powersgd:R")
 
 
 def missing_requirements() -> str | None:
@@ -89,10 +107,15 @@ def train(places, run, args, out_dir: Path) -> dict:
     """One ``gradpack train`` run, rank i started in ``places[i]``; returns its run.json."""
     label, algorithm, compressor, hparams, factor = run
     n = len(places)
-    cmd = [sys.executable, "-m", "gradpack", "train", "--model", "mlp", "--algorithm", algorithm,
-           "--compressor", compressor, "--steps", str(args.steps * factor), "--no-baseline",
-           "--seed", str(args.seed), "--eval-every", str(args.eval_every), "--out", str(out_dir),
-           "--timeout", "300"]
+    if algorithm == "torch":
+        cmd = [sys.executable, "-m", "gradpack.bench.slow_link", "--torch-hook-worker",
+               compressor, "--steps", str(args.steps * factor), "--seed", str(args.seed),
+               "--eval-every", str(args.eval_every), "--out", str(out_dir)]
+    else:
+        cmd = [sys.executable, "-m", "gradpack", "train", "--model", "mlp", "--algorithm",
+               algorithm, "--compressor", compressor, "--steps", str(args.steps * factor),
+               "--no-baseline", "--seed", str(args.seed), "--eval-every",
+               str(args.eval_every), "--out", str(out_dir), "--timeout", "300"]
     for h in hparams:
         cmd += ["--hparam", h]
     master = places[0][2]
@@ -126,7 +149,10 @@ def time_to(evals: list[dict], target: float) -> float | None:
 
 def compare(link: str, places, args, work: Path) -> list[dict]:
     results = []
-    for i, run in enumerate(RUNS):
+    chosen = range(len(RUNS)) if args.runs == "all" else \
+        sorted({0} | {int(i) for i in args.runs.split(",")})
+    for i in chosen:
+        run = RUNS[i]
         out = work / f"{link.split()[0]}-{i}"
         out.mkdir(parents=True)
         print(f"[{link}] {run[0]} ...", flush=True)
@@ -163,6 +189,98 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _torch_hook(spec: str, world: int):
+    """``(state, hook, bucket_cap_mb, bits_of)`` for one of PyTorch's DDP comm hooks;
+    ``bits_of(steps, numel)`` is the bits one worker handed to the all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    if spec in ("fp16", "bf16"):
+        fn = getattr(default_hooks, f"{spec}_compress_hook")
+        return dist.group.WORLD, fn, 25.0, lambda steps, numel: 16 * numel * steps
+    if spec.startswith("powersgd:"):
+        rank = int(spec.split(":")[1])
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                                            start_powerSGD_iter=2)
+
+        def bits_of(steps, numel):  # steps 0, 1: plain fp32 all-reduce; then P, Q, vectors
+            _, _, after = state.compression_stats()
+            return 32 * numel * min(steps, state.start_powerSGD_iter) + 32 * int(after)
+
+        # one bucket: PowerSGD's all-reduce inside a Future callback deadlocks gloo at two
+        return state, powerSGD_hook.powerSGD_hook, 1e6, bits_of
+    raise ValueError(f"unknown PyTorch hook {spec!r}; known: {', '.join(TORCH_HOOKS)}")
+
+
+def _train_api():
+    """gradpack train's model, data and evaluation, so PyTorch's hooks train exactly the
+    same run as gradpack's (one import to update if ``gradpack train`` moves)."""
+    from gradpack import train_data, train_worker
+
+    return train_data, train_worker
+
+
+def torch_hook_worker(spec: str, args) -> int:
+    """One rank (``torchrun`` environment) of the digits MLP under PyTorch hook ``spec``;
+    rank 0 writes ``run.json`` in the shape ``gradpack train`` writes it."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    train_data, train_worker = _train_api()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg = train_worker.TrainConfig(model="mlp", workers=world, steps=args.steps,
+                                   seed=args.seed, eval_every=args.eval_every, baseline=False)
+    task = train_worker.Task(cfg, rank, world, torch.device("cpu"))
+    model = task.model()
+    state, fn, cap, bits_of = _torch_hook(spec, world)
+    ddp = DDP(model, bucket_cap_mb=cap)
+    timing = {"encode_s": 0.0, "comm_s": 0.0}
+
+    def timed(st, bucket):
+        t0 = time.perf_counter()
+        fut = fn(st, bucket)
+        t1 = time.perf_counter()
+        timing["encode_s"] += t1 - t0
+
+        def done(f):
+            timing["comm_s"] += time.perf_counter() - t1
+            return f.value()
+
+        return fut.then(done)
+
+    ddp.register_comm_hook(state, timed)
+    opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    batches = train_data.Batches(cfg.seed, rank)
+    losses, evals, eval_s = [], [], 0.0
+    t0 = time.perf_counter()
+    for k in range(cfg.steps):
+        x, y = task.batch(batches)
+        loss = task.loss(ddp(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
+            te = time.perf_counter()
+            evals.append({"step": k + 1, "time_s": te - t0 - eval_s, **task.evaluate(model)})
+            eval_s += time.perf_counter() - te
+    wall = time.perf_counter() - t0
+    numel = sum(p.numel() for p in model.parameters())
+    result = {"label": f"torch:{spec}", "losses": losses, "evals": evals, "params": numel,
+              "bits_up": bits_of(cfg.steps, numel), "wall_s": wall,  # as gradpack train's
+              "encode_s": timing["encode_s"], "decode_s": 0.0, "comm_s": timing["comm_s"]}
+    if rank == 0:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({"runs": {"compressed": result}}))
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=4)
@@ -173,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=29610)
     p.add_argument("--links", default="shaped,loopback", help="shaped, loopback or both")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--runs", default="all",
+                   help="comma-separated row numbers of RUNS to run (default all; 0 is the "
+                        "baseline and always runs)")
+    p.add_argument("--torch-hook-worker", metavar="SPEC",
+                   help="internal: run one rank of a PyTorch-hook row (torchrun environment)")
     args = p.parse_args(argv)
+    if args.torch_hook_worker:
+        return torch_hook_worker(args.torch_hook_worker, args)
     why = missing_requirements()
     if why:
         print(f"slow_link: skipped: {why}")

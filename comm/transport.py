@@ -47,7 +47,12 @@ class Pending:
             fut.set_result(self._result)
             return fut
         result = self._result
-        return self.work.get_future().then(lambda _: result)
+
+        def done(f: torch.futures.Future) -> torch.Tensor:
+            f.wait()  # re-raises the collective's error (a dead peer) into the chained future
+            return result
+
+        return self.work.get_future().then(done)
 
 
 class Transport(ABC):
@@ -95,7 +100,6 @@ class Transport(ABC):
     @abstractmethod
     def gather(self, payloads: torch.Tensor, *, dst: int = 0) -> torch.Tensor | None:
         ...
-
 
     @abstractmethod
     def broadcast(self, payload: torch.Tensor | None, *, src: int = 0, nbytes: int,

@@ -5,13 +5,19 @@ Hook body (on the autograd thread, in DDP's bucket order, the same on every rank
     units     = the compression units tiling this bucket (layout.py)
     payload_u = alg.worker_step(unit.state, grad_u, step=k, rank=r, stream=unit.stream)
     send      = header (16 bytes: step, layout CRC, flags) + payload_1 + ... + payload_m
-    future    = all_gather_into_tensor([n * len(send)], send, async_op=True)   # the only collective
+    future    = transport.all_gather(send, async_op=True)      # gradpack.comm; the only collective
 
 Callback (``future.then``, compute only, never a collective)::
 
     check every rank's header (same step, same layout, finite gradients)
     direction_u = alg.aggregate(unit.state, gathered[:, slice_u], step=k, stream=unit.stream)
     bucket.buffer()[slice_u] = direction_u          (cast to the bucket's dtype)
+
+The first time the hook runs, the state binds itself (:mod:`.state`): to the process group
+(rank, world size, the :class:`~gradpack.comm.ProcessGroupTransport` that sends and records
+the collective in the ledger), and, bucket by bucket during that first step, to the model's
+parameters; each of those buckets first runs the cross-rank config check
+(:func:`gradpack.comm.distributed.check_same_config`) unless :func:`register` ran it.
 
 The optimizer then applies the direction as the gradient (``x <- x - lr * direction`` for
 SGD). Collectives are issued only here, from the hook body: PyTorch's PowerSGD hook issues
@@ -25,12 +31,13 @@ import warnings
 
 import torch
 
+from gradpack.comm.distributed import check_same_config
+from gradpack.comm.ledger import record_round
+from gradpack.errors import HookStateError, NonFiniteGradientError, PeerFailureError
+
 from .checks import (
     FLAG_NONFINITE,
     HEADER_BYTES,
-    NonFiniteGradientError,
-    PeerFailureError,
-    all_gather,
     check_headers,
     layout_crc,
     read_headers,
@@ -57,20 +64,29 @@ def _names(state: HookState, params) -> str:
 
 def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook running ``state.algorithm`` on ``bucket`` (see the module docstring)."""
+    if not isinstance(state, HookState):
+        raise HookStateError(
+            f"gradpack.ddp: the hook's state must be a gradpack.ddp.HookState, got "
+            f"{type(state).__name__}; build both with `state, hook = gradpack.ddp.hook("
+            "algorithm)` and register them with `model.register_comm_hook(state, hook)`"
+        )
+    buf = bucket.buffer()
+    state.bind_group(buf.device)
     if state._started != state.step:  # first bucket of a step: every callback of the last
         if state.failed is not None:  # step has run on every rank, so all ranks agree here
-            raise RuntimeError(f"gradpack.ddp (rank {state.rank}): the hook failed earlier "
-                               f"({state.failed}); its state is inconsistent across ranks: load "
-                               "a checkpoint (state.load_state_dict) before training on")
+            raise HookStateError(
+                f"gradpack.ddp (rank {state.rank}): the hook failed earlier ({state.failed}); "
+                "its state is inconsistent across ranks: load a checkpoint "
+                "(state.load_state_dict) before training on")
         state._started = state.step
-    alg, rank, n = state.algorithm, state.rank, state.world_size
-    buf = bucket.buffer()
+    alg, rank = state.algorithm, state.rank
     params = bucket.parameters()
-    try:
-        idx = [state._index[id(p)] for p in params]
-    except KeyError:
-        raise RuntimeError(f"gradpack.ddp (rank {rank}): bucket {bucket.index()} holds a "
-                           "parameter the hook was not registered with") from None
+    fresh = not state.checked and any(id(p) not in state._index for p in params)
+    idx = state.positions(params, bucket.index())
+    if fresh:  # binding: the ranks must agree on the config and on this bucket's parameters
+        check_same_config({**state.config(), "bucket": bucket.index(), "parameters": [
+            (i, list(p.shape), str(p.dtype)) for i, p in zip(idx, params, strict=True)]},
+            state.process_group, buf.device, who=f"gradpack.ddp (rank {rank})")
     numels = [p.numel() for p in params]
     if sum(numels) != buf.numel():
         raise RuntimeError(f"gradpack.ddp (rank {rank}): bucket {bucket.index()} buffer has "
@@ -93,31 +109,31 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
                             out=send[off:off + size])
             off += size
     write_header(send, step, layout_crc(idx), 0 if finite else FLAG_NONFINITE)
-    gathered = torch.empty(n * send.numel(), dtype=torch.uint8, device=buf.device)
     t1 = time.perf_counter()
-    fut = all_gather(gathered, send, state.process_group, async_op=True).get_future()
     with state._lock:
+        record_round(state.ledger, step, [rank],
+                     up=[(8 * HEADER_BYTES, HEADER_BYTES)] + [
+                         (alg.uplink_bits(pc.unit.numel, step), size)
+                         for pc, size in zip(pieces, sizes, strict=True)],
+                     server_down_bits=sum(alg.downlink_bits(pc.unit.numel, step)
+                                          for pc in pieces))
+        try:  # the transport records the bytes handed to the all-gather in the ledger
+            pending = state.transport.all_gather(send, async_op=True)
+        except PeerFailureError as e:
+            state.failed = f"all-gather of {where} at step {step} failed"
+            raise _peer_failure(rank, where, step, e) from e
         state.stats.encode_s += t1 - t0
         state.stats.collectives += 1
-        state.record(step, [(alg.uplink_bits(pc.unit.numel, step), size)
-                            for pc, size in zip(pieces, sizes, strict=True)],
-                     downlink_bits=sum(alg.downlink_bits(pc.unit.numel, step) for pc in pieces),
-                     handed=send.numel(), received=gathered.numel())
     if bucket.is_last():
         state.step += 1
 
     def finish(f: torch.futures.Future) -> torch.Tensor:
         t2 = time.perf_counter()
         try:
-            f.wait()
+            rows = f.wait()
         except Exception as e:  # noqa: BLE001 - re-raised with where and why
             state.failed = f"all-gather of {where} at step {step} failed"
-            raise PeerFailureError(
-                f"gradpack.ddp (rank {rank}): the all-gather of {where} at step {step} failed; "
-                f"a peer process probably died or stopped answering within the process-group "
-                f"timeout: {e}"
-            ) from e
-        rows = gathered.view(n, -1)
+            raise _peer_failure(rank, where, step, e) from e
         bad = check_headers(read_headers(rows), bucket=bucket.index(), names=where,
                             world_rank=rank)
         if bad:
@@ -142,7 +158,14 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
             state.stats.decode_s += time.perf_counter() - t3
         return buf
 
-    return fut.then(finish)
+    return pending.get_future().then(finish)
+
+
+def _peer_failure(rank, where, step, err) -> PeerFailureError:
+    return PeerFailureError(
+        f"gradpack.ddp (rank {rank}): the all-gather of {where} at step {step} failed; a peer "
+        f"process probably died or stopped answering within the process-group timeout: {err}"
+    )
 
 
 def _nonfinite(state, bad, where, step, pieces, snapshot, buf) -> torch.Tensor:
@@ -159,7 +182,7 @@ def _nonfinite(state, bad, where, step, pieces, snapshot, buf) -> torch.Tensor:
             for k, v in saved.items():
                 pc.unit.state[k].copy_(v)
     with state._lock:
-        state.stats.skipped.append((step, where, bad))
+        state.stats.add_skipped((step, where, bad))
     warnings.warn(f"gradpack.ddp (rank {state.rank}): {what}; step skipped for this bucket "
                   "(zero direction, error-feedback state unchanged)", RuntimeWarning,
                   stacklevel=1)

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-class LayoutError(RuntimeError):
-    """Bucket layout the hook cannot map onto its state without losing some of it."""
+from gradpack.errors import LayoutError
 
 
 @dataclass

@@ -1,53 +1,80 @@
-"""``register(ddp_model, algorithm)``: check the ranks agree, then install the hook."""
+"""Two ways to install the hook: :func:`hook` before DDP exists, :func:`register` on a DDP
+model."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checks import check_same_config
+from gradpack.comm.distributed import check_same_config
+from gradpack.comm.ledger import Ledger
+from gradpack.errors import ConfigMismatchError
+
 from .hook import gradpack_hook
 from .state import HookState
 
 
+def hook(algorithm, *, nonfinite: str = "raise", process_group=None,
+         state_dict: dict | None = None, ledger: Ledger | None = None
+         ) -> tuple[HookState, Callable]:
+    """``(state, hook)`` for ``ddp_model.register_comm_hook(state, hook)``, buildable before
+    the model is wrapped (or the process group exists), for frameworks that register hooks
+    themselves. The state binds itself to the model's parameters, rank and world size when
+    the hook first runs, and runs the cross-rank config check then. ``state_dict``: a saved
+    hook state to continue from (also ``state.load_state_dict`` any time before or after).
+    ``ledger``: where the hook records its bits (default: ``Ledger(world_size)``, history in
+    memory; ``Ledger(n, keep_history=False, log=JsonLinesLog(path))`` for long runs).
+    """
+    state = HookState(algorithm, nonfinite=nonfinite, process_group=process_group,
+                      ledger=ledger)
+    if state_dict is not None:
+        state.load_state_dict(state_dict)
+    return state, gradpack_hook
+
+
 def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=None,
-             nonfinite: str = "raise", state: HookState | None = None) -> HookState:
+             nonfinite: str = "raise", state: HookState | None = None,
+             ledger: Ledger | None = None) -> HookState:
     """Register ``algorithm`` as ``ddp_model``'s comm hook and return its :class:`HookState`.
 
     Collective: every rank must call it. All ranks check they agree on the algorithm, its
     compressor spec, hyperparameters and seed, the world size, the non-finite policy and the
     model's parameters (names, shapes, dtypes); any difference raises
-    :class:`~gradpack.ddp.ConfigMismatchError` on every rank, naming it.
+    :class:`~gradpack.errors.ConfigMismatchError` on every rank, naming it.
 
-    ``state``: a :class:`HookState` to continue (e.g. unpickled); its algorithm is replaced by
-    ``algorithm`` only if their configurations agree.
+    ``state``: a :class:`HookState` to continue (from :func:`hook`, unpickled, or loaded
+    from a checkpoint before the model was wrapped); it is used, not copied, if its
+    configuration agrees with ``algorithm``'s. ``ledger``: as in :func:`hook`.
     """
     if not isinstance(ddp_model, DistributedDataParallel):
         raise TypeError(f"gradpack.ddp.register needs a DistributedDataParallel model, got "
-                        f"{type(ddp_model).__name__}")
+                        f"{type(ddp_model).__name__}; before wrapping, use "
+                        "`state, hook = gradpack.ddp.hook(algorithm)`")
     if not dist.is_initialized():
         raise RuntimeError("gradpack.ddp.register: torch.distributed is not initialized")
     named = [(name, p) for name, p in ddp_model.module.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("gradpack.ddp.register: the model has no trainable parameters")
-    rank, n = dist.get_rank(process_group), dist.get_world_size(process_group)
+    if state is None:
+        state = HookState(algorithm, nonfinite=nonfinite, process_group=process_group,
+                          ledger=ledger)
+    else:
+        fresh = HookState(algorithm, nonfinite=nonfinite, process_group=process_group)
+        if fresh.config() != state.config():
+            raise ConfigMismatchError(
+                f"gradpack.ddp.register: the given state runs {state.config()}, the "
+                f"algorithm {fresh.config()}")
+        state.algorithm, state.process_group = algorithm, process_group
+        state.unbind()
     device = named[0][1].device
-    hook_state = HookState(algorithm, rank=rank, world_size=n,
-                           param_names=[name for name, _ in named], device=device,
-                           nonfinite=nonfinite, process_group=process_group)
-    if state is not None:
-        hook_state.load_state_dict(state.state_dict())
-    hook_state.attach([p for _, p in named])
-    config = hook_state.config()
+    state.bind_group(device)
+    state.name_parameters(named)
+    config = state.config()
+    config["world_size"] = state.world_size
     config["parameters"] = [(name, list(p.shape), str(p.dtype)) for name, p in named]
-    check_same_config(config, process_group, _collective_device(device, process_group))
-    ddp_model.register_comm_hook(hook_state, gradpack_hook)
-    return hook_state
-
-
-def _collective_device(device: torch.device, group) -> torch.device:
-    backend = dist.get_backend(group)
-    if backend == "nccl" and device.type != "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
+    check_same_config(config, process_group, device, who="gradpack.ddp")
+    state.checked = True
+    ddp_model.register_comm_hook(state, gradpack_hook)
+    return state

@@ -2,13 +2,45 @@
 
 The layers (DESIGN.md): ``gradpack.kernels`` (Triton kernels + torch twins),
 ``gradpack.compressors`` (``from_spec``), ``gradpack.comm``, ``gradpack.algorithms``,
-``gradpack.ddp``. Importing gradpack has no side effects: no device detection, no
-Triton import.
+``gradpack.ddp``; the applications: ``gradpack.sim`` (``gradpack.simulate``),
+``gradpack.train``, ``gradpack.integrations`` (Lightning, Hugging Face, accelerate),
+``gradpack.bench``; and ``gradpack.errors``.
+
+``import gradpack`` imports none of them: each loads on first attribute access
+(PEP 562), so ``import gradpack; gradpack.ddp.register(...)`` works and importing one layer
+(``import gradpack.kernels.bitpack``) does not import the others. No side effects: no device
+detection, no Triton import.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from . import algorithms, comm, compressors  # noqa: E402
-from .simulator import simulate  # noqa: E402
+_SUBMODULES = ("kernels", "compressors", "comm", "algorithms", "ddp", "bench", "integrations",
+               "errors", "sim", "train")
+_FUNCTIONS = {"simulate": "sim"}  # name -> the submodule that defines it
 
-__all__ = ["__version__", "algorithms", "comm", "compressors", "simulate"]
+__all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]
+
+
+def _simulate_module():
+    try:
+        return importlib.import_module(f"{__name__}.sim")
+    except ModuleNotFoundError as err:  # until the simulator moves into gradpack.sim
+        if err.name != f"{__name__}.sim":
+            raise
+        return importlib.import_module(f"{__name__}.simulator")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _FUNCTIONS:
+        return getattr(_simulate_module(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -90,7 +90,7 @@ def test_register_needs_a_ddp_model_and_config_differences_are_named():
 
     import gradpack.ddp
     from gradpack.algorithms import from_spec
-    from gradpack.ddp.checks import describe_difference
+    from gradpack.comm.distributed import describe_difference
 
     with pytest.raises(TypeError, match="DistributedDataParallel"):
         gradpack.ddp.register(nn.Linear(2, 2), from_spec("ef21", "topk:0.5"))

@@ -1,5 +1,7 @@
 """The bit ledger: algorithmic bits vs bytes handed to the collectives (DESIGN.md, "Ledger")."""
 
+import io
+import json
 import pickle
 import warnings
 
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from gradpack.algorithms import from_spec
-from gradpack.comm import Ledger, LedgerMismatch, LocalTransport
+from gradpack.comm import JsonLinesLog, Ledger, LedgerMismatch, LocalTransport, record_round
 from gradpack.simulator import simulate
 
 
@@ -78,6 +80,73 @@ def test_state_dict_roundtrip():
     np.testing.assert_array_equal(other.totals()["bits_up"], [8, 0])
     with pytest.raises(ValueError, match="ranks"):
         Ledger(3).load_state_dict(led.state_dict())
+
+
+def _saved(obj) -> tuple[int, object]:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    size = buf.tell()
+    buf.seek(0)
+    return size, torch.load(buf)  # the default: weights_only=True
+
+
+def test_state_dict_is_tensors_and_plain_values_and_does_not_grow():
+    led = Ledger(2)
+    sizes = []
+    for step in range(40):
+        record_round(led, step, [0, 1], up=[(70, 16)])
+        led.collective("all_gather", 0, handed=16)
+        led.collective("all_gather", 1, handed=16)
+        if step in (9, 39):
+            size, sd = _saved(led.state_dict())
+            sizes.append(size)
+    assert sizes[0] == sizes[1]  # totals and the step in progress only
+    other = Ledger(2)
+    other.load_state_dict(sd)
+    assert other.totals()["bits_up"].tolist() == [40 * 70, 40 * 70]
+    assert other.current()["bytes_up"].tolist() == [16, 16] and other.step == 39
+    other.check()
+    record_round(other, 40, [0], up=[(8, 8)])
+    assert other.totals()["bits_up"].tolist() == [40 * 70 + 8, 40 * 70]
+
+
+def test_record_round_and_server_downlink():
+    led = Ledger(3)
+    record_round(led, 0, [1, 2], up=[(128, 16), (64, 8)], down=[(32, 4)], server_down_bits=96)
+    tot = led.totals()
+    assert tot["bits_up"].tolist() == [0, 192, 192]
+    assert tot["messages_up"].tolist() == [0, 2, 2]
+    assert tot["bits_down"].tolist() == [0, 32, 32]
+    assert tot["bits_down_server"].tolist() == [0, 96, 96]
+    assert tot["handed_down"].tolist() == [0, 0, 0]  # nothing travelled for the server count
+    record_round(None, 0, [0], up=[(8, 8)])  # no ledger: nothing to do
+    with pytest.raises(ValueError, match="non-negative"):
+        led.server_downlink(0, -1)
+
+
+def test_history_goes_to_the_run_log(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    led = Ledger(2, keep_history=False, log=JsonLinesLog(path))
+    for step in range(3):
+        record_round(led, step, [0, 1], up=[(8 * (step + 1), step + 1)])
+    led.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["bits_up"] for r in rows] == [[8, 8], [16, 16], [24, 24]]
+    with pytest.raises(ValueError, match="history was not kept"):
+        led.history()
+
+
+def test_old_field_layout_loads_and_bad_shapes_are_refused():
+    led = Ledger(2)
+    sd = led.state_dict()
+    old = dict(sd, fields=list(sd["fields"][:9]), total=sd["total"][:9] + 5,
+               current=sd["current"][:9])
+    led.load_state_dict(old)
+    assert led.totals()["bits_up"].tolist() == [5, 5]
+    assert led.totals()["bits_down_server"].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="shape"):
+        led.load_state_dict(dict(sd, total=sd["total"][:3]))
 
 
 SPECS = [("dcgd", "qsgd:7:64", {}), ("ef14", "sign", {}), ("ef21", "sign", {}),
