@@ -17,11 +17,15 @@ each rank. For a real server topology, ``aggregate`` splits into
 ``down = alg.server_step(state, gathered, ...)`` on the server (a packed downlink payload) and
 ``direction = alg.apply_downlink(state, down, ...)`` on every rank.
 
-``state`` is a flat ``dict[str, Tensor]`` of fp32 tensors plus ints, made by
-``alg.init_state(numel, device, world_size=n, rank=i)``: picklable, checkpointable, and
-the same on every rank wherever the algorithm says so. Seeds for stochastic compressors
-derive from ``(alg.seed, step, rank, stream)`` by :meth:`Algorithm.seed_for`, so every rank
-can regenerate every other rank's randomness (Random-K indices) without sending it.
+``state`` is a flat ``dict[str, Tensor]`` of tensors plus ints, made by
+``alg.init_state(numel, device, world_size=n, rank=i, dtype=torch.float32)``: picklable,
+checkpointable, and the same on every rank wherever the algorithm says so. The state dtype is
+float32 (the fused kernels' state, the DDP hook's) or float64 (a float64 simulation: the same
+prologue and epilogue run unfused in float64, :mod:`.unfused`, and only the compressor's wire
+payload is float32); the direction ``aggregate`` returns has the state's dtype. Seeds for
+stochastic compressors derive from ``(alg.seed, step, rank, stream)`` by
+:meth:`Algorithm.seed_for`, so every rank can regenerate every other rank's randomness
+(Random-K indices) without sending it.
 
 Step ``k = 0`` is the initialisation round: algorithms whose papers start from an
 uncompressed estimator (EF21's ``g_i^0 = grad f_i(x^0)``, EF21-SGDM's ``v_i^0 = g_i^0``) send it
@@ -56,6 +60,8 @@ from gradpack.compressors import Compressor, from_spec
 from gradpack.kernels.fusion import Fusion
 from gradpack.kernels.philox import M64, SEED_MAX, check_seed, mix64
 
+from .unfused import unfused_step
+
 #: ``rank`` argument of :meth:`Algorithm.seed_for` for the server's own compression (DORE)
 SERVER = -1
 
@@ -68,6 +74,8 @@ class CompressorWarning(UserWarning):
 _PROBE_NUMEL = 2**20
 # a biased compressor this close to exact (fp16, bf16 casts) is not worth a warning
 _NEAR_EXACT = 1.0 - 1e-3
+#: dtypes algorithm state may have: the fused kernels' float32, or float64 (unfused)
+STATE_DTYPES = (torch.float32, torch.float64)
 
 
 def _omega(c: Compressor) -> float:
@@ -97,7 +105,8 @@ class Algorithm:
 
     name: str = ""
     needs: str = "any"
-    #: per-rank worker tensors and replicated server tensors, all fp32 of ``numel``
+    #: per-rank worker tensors and replicated server tensors, all ``numel`` elements of the
+    #: state dtype
     worker_state: tuple[str, ...] = ()
     server_state: tuple[str, ...] = ()
 
@@ -192,19 +201,26 @@ class Algorithm:
 
     # -- state ----------------------------------------------------------------------------
     def init_state(
-        self, numel: int, device: torch.device | str = "cpu", *, world_size: int, rank: int = 0
+        self, numel: int, device: torch.device | str = "cpu", *, world_size: int, rank: int = 0,
+        dtype: torch.dtype = torch.float32,
     ) -> dict[str, Any]:
         """Zero state of rank ``rank`` for a flat parameter vector of ``numel`` elements: the
-        worker tensors, a replica of the server tensors, and the ints that identify it."""
+        worker tensors, a replica of the server tensors, and the ints that identify it, in
+        ``dtype`` (float32, or float64 for float64 simulations)."""
         if not isinstance(numel, int) or numel < 1:
             raise ValueError(f"{self.name}: numel must be a positive int, got {numel!r}")
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"{self.name}: world_size must be a positive int, got {world_size!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"{self.name}: rank must be in [0, {world_size}), got {rank!r}")
+        if dtype not in STATE_DTYPES:
+            raise ValueError(f"{self.name}: state dtype must be one of {STATE_DTYPES}, got "
+                             f"{dtype}")
         state: dict[str, Any] = {"numel": numel, "world_size": world_size, "rank": rank}
         for key in self.worker_state + self.server_state:
-            state[key] = torch.zeros(numel, dtype=torch.float32, device=device)
+            state[key] = torch.zeros(numel, dtype=dtype, device=device)
+        if not self.worker_state + self.server_state and dtype != torch.float32:
+            state["dtype"] = str(dtype).removeprefix("torch.")  # stateless: remember it
         return state
 
     def check_state(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -217,12 +233,24 @@ class Algorithm:
             raise ValueError(f"{self.name}: state lacks {missing}; was it made by "
                              f"{self.name}.init_state?")
         numel = state["numel"]
+        dtypes = set()
         for key in self.worker_state + self.server_state:
             t = state[key]
-            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != numel:
-                raise ValueError(f"{self.name}: state[{key!r}] must be float32 with {numel} "
-                                 "elements")
+            if not isinstance(t, torch.Tensor) or t.dtype not in STATE_DTYPES \
+                    or t.numel() != numel:
+                raise ValueError(f"{self.name}: state[{key!r}] must be float32 or float64 with "
+                                 f"{numel} elements")
+            dtypes.add(t.dtype)
+        if len(dtypes) > 1:
+            raise ValueError(f"{self.name}: state tensors have mixed dtypes "
+                             f"{sorted(map(str, dtypes))}")
         return numel, state["world_size"]
+
+    def state_dtype(self, state: dict[str, Any]) -> torch.dtype:
+        """The dtype of ``state``'s tensors (float32 when it has none)."""
+        for key in self.worker_state + self.server_state:
+            return state[key].dtype
+        return getattr(torch, state.get("dtype", "float32"))
 
     # -- the three phases -----------------------------------------------------------------
     def fusion(self, step: int, numel: int) -> Fusion:
@@ -252,10 +280,9 @@ class Algorithm:
         if grad.numel() != numel:
             raise ValueError(f"{self.name}: gradient has {grad.numel()} elements, state "
                              f"{numel}")
-        return self.uplink_compressor(step).step(
-            self.fusion(step, numel), grad, self.fused_state(state),
-            seed=self.seed_for(step, rank, stream), out=out,
-        )
+        return self._compress(self.uplink_compressor(step), self.fusion(step, numel), grad,
+                              self.fused_state(state), seed=self.seed_for(step, rank, stream),
+                              out=out, dtype=self.state_dtype(state))
 
     def aggregate(
         self,
@@ -266,8 +293,8 @@ class Algorithm:
         stream: int = 0,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The dense fp32 direction from the all-gathered payloads ``[n, P]``; updates the
-        replicated server state. Compute only."""
+        """The dense direction (in the state's dtype) from the all-gathered payloads
+        ``[n, P]``; updates the replicated server state. Compute only."""
         _, n = self.check_state(state)
         if not isinstance(gathered, torch.Tensor) or gathered.dim() != 2 or gathered.shape[0] != n:
             got = list(gathered.shape) if isinstance(gathered, torch.Tensor) else type(gathered)
@@ -284,7 +311,8 @@ class Algorithm:
     ) -> torch.Tensor:
         """Server topology, on the server only: the packed downlink message."""
         direction = self.aggregate(state, gathered, step=step, stream=stream)
-        return self.dense.encode(direction, seed=self.seed_for(step, SERVER, stream))
+        wire = direction if direction.dtype != torch.float64 else direction.to(torch.float32)
+        return self.dense.encode(wire, seed=self.seed_for(step, SERVER, stream))
 
     def apply_downlink(
         self,
@@ -297,11 +325,42 @@ class Algorithm:
     ) -> torch.Tensor:
         """Server topology, on every rank: the direction from the server's message."""
         numel, _ = self.check_state(state)
-        return self.downlink_compressor(step).decode(
-            down, numel, seed=self.seed_for(step, SERVER, stream), out=out
-        )
+        if not isinstance(down, torch.Tensor) or down.dim() != 1:
+            raise ValueError(f"{self.name}: downlink payload must be a 1-D tensor")
+        return self._decode_into(self.downlink_compressor(step), down[None], numel,
+                                 [self.seed_for(step, SERVER, stream)], out=out, scale=1.0,
+                                 add=False, dtype=self.state_dtype(state))
 
     # -- helpers for subclasses -----------------------------------------------------------
+    @staticmethod
+    def _compress(compressor: Compressor, fusion: Fusion, src: torch.Tensor,
+                  tensors: dict[str, torch.Tensor], *, seed: int, out: torch.Tensor | None,
+                  dtype: torch.dtype) -> torch.Tensor:
+        """One fused compression pass when the state is float32 (the kernels' state), else
+        the same prologue/epilogue unfused in ``dtype`` (:func:`.unfused.unfused_step`)."""
+        if dtype == torch.float32 and src.dtype != torch.float64:
+            return compressor.step(fusion, src, tensors, seed=seed, out=out)
+        return unfused_step(compressor, fusion, src, tensors, seed=seed, out=out)
+
+    @staticmethod
+    def _decode_into(compressor: Compressor, payloads: torch.Tensor, numel: int,
+                     seeds: list[int], *, out: torch.Tensor | None, scale: float, add: bool,
+                     dtype: torch.dtype) -> torch.Tensor:
+        """``out (+)= scale * sum_i C_i``: one fp32 decode-and-sum pass, or for float64 ``out``
+        each message decoded exactly in fp32 and accumulated in float64."""
+        if out is None:
+            if add:
+                raise ValueError("add=True needs an out tensor to add into")
+            out = torch.empty(numel, dtype=dtype, device=payloads.device)
+        if out.dtype != torch.float64:
+            return compressor.decode_sum(payloads, numel, seeds=seeds, out=out, scale=scale,
+                                         add=add)
+        if not add:
+            out.zero_()
+        for row, s in zip(payloads, seeds, strict=True):
+            out.add_(compressor.decode(row, numel, seed=s), alpha=scale)
+        return out
+
     def _seeds(self, step: int, n: int, stream: int) -> list[int]:
         return [self.seed_for(step, r, stream) for r in range(n)]
 
@@ -321,19 +380,20 @@ class Algorithm:
         if gathered.dim() != 2 or gathered.shape[0] != n:
             raise ValueError(f"{self.name}: expected [{n}, P] gathered payloads, got "
                              f"{list(gathered.shape)}")
-        return self.uplink_compressor(step).decode_sum(
-            gathered, numel, seeds=self._seeds(step, n, stream), out=out,
-            scale=scale / n, add=add,
-        )
+        return self._decode_into(self.uplink_compressor(step), gathered, numel,
+                                 self._seeds(step, n, stream), out=out, scale=scale / n, add=add,
+                                 dtype=self.state_dtype(state))
 
 
 def as_direction_out(out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """``out`` if given (checked), else a new fp32 tensor shaped like ``like``."""
+    """``out`` if given (checked), else a new tensor shaped like ``like`` (of its dtype)."""
     if out is None:
         return torch.empty_like(like)
-    if out.shape != like.shape or out.dtype != torch.float32 or out.device != like.device:
-        raise ValueError(f"out must be float32 with {like.numel()} elements on {like.device}")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"out must be {like.dtype} with {like.numel()} elements on "
+                         f"{like.device}")
     return out
 
 
-__all__: Sequence[str] = ["SERVER", "Algorithm", "CompressorWarning", "as_direction_out"]
+__all__: Sequence[str] = ["SERVER", "STATE_DTYPES", "Algorithm", "CompressorWarning",
+                          "as_direction_out"]

@@ -23,7 +23,8 @@ once ``g_hat`` settles, the error recursion is ``e^{k+1} = Q(q) - q`` with ``q ~
 so ``E||e^{k+1}||^2 <= C eta^2 ||e^k||^2``, and it is mean-square stable only for
 ``C eta^2 < 1``; full compensation (``eta = 1``) diverges for ``C >= 1`` (e.g. ``qsgd:1:64``).
 Worker step: one fused pass ``Fusion(residual="sub", update="add", beta=alpha)``, ``h = h_i``;
-the server's compression is a fused ``Fusion(update="error")`` pass with ``h = e``.
+the server's compression is a fused ``Fusion(update="error")`` pass with ``h = e`` (both run
+unfused in float64 for float64 state, where DORE reaches float64 accuracy).
 """
 
 from __future__ import annotations
@@ -103,19 +104,18 @@ class DORE(Algorithm):
         q = torch.add(h, delta_hat)  # g_hat^k = h^k + Delta_hat^k
         h.add_(delta_hat.mul_(self.alpha_for(numel)))  # h^{k+1} = h^k + alpha Delta_hat^k
         q.mul_(-self.gamma).add_(e * self.eta_for(numel))  # q^k = -gamma g_hat^k + eta e^k
-        return self.compressor.step(
-            _SERVER_FUSION, q, {"h": e}, seed=self.seed_for(step, SERVER, stream)
-        )
+        return self._compress(self.compressor, _SERVER_FUSION, q, {"h": e},
+                              seed=self.seed_for(step, SERVER, stream), out=None, dtype=e.dtype)
 
     def apply_downlink(self, state, down, *, step, stream=0, out=None):
         """``direction = -beta * q_hat / gamma`` (so ``x_hat += beta * q_hat`` at lr = gamma)."""
         numel, _ = self.check_state(state)
         if down.dim() != 1:
             raise ValueError(f"dore: downlink payload must be 1-D, got {list(down.shape)}")
-        return self.compressor.decode_sum(
-            down[None], numel, seeds=[self.seed_for(step, SERVER, stream)], out=out,
-            scale=-self.beta_for(numel) / self.gamma,
-        )
+        return self._decode_into(self.compressor, down[None], numel,
+                                 [self.seed_for(step, SERVER, stream)], out=out,
+                                 scale=-self.beta_for(numel) / self.gamma, add=False,
+                                 dtype=self.state_dtype(state))
 
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
                    out: torch.Tensor | None) -> torch.Tensor:

@@ -9,15 +9,21 @@ from gradpack.compressors import Compressor
 from gradpack.compressors import from_spec as compressor_from_spec
 
 from .base import Algorithm
+from .choco import CHOCOSGD
 from .dcgd import DCGD
 from .dore import DORE
+from .dsgd import DSGD
 from .ef14 import EF14
 from .ef21 import EF21
 from .ef21_sgd2m import EF21SGD2M
 from .ef21_sgdm import EF21SGDM
+from .gradient_tracking import GradientTracking
+from .local_sgd import LocalSGD
+from .scaffold import SCAFFOLD
 
 REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (DCGD, EF14, EF21, EF21SGDM, EF21SGD2M, DORE)
+    cls.name: cls for cls in (DCGD, EF14, EF21, EF21SGDM, EF21SGD2M, DORE, LocalSGD, SCAFFOLD,
+                              DSGD, GradientTracking, CHOCOSGD)
 }
 
 
@@ -43,10 +49,14 @@ def from_spec(
     name: str, compressor: Compressor | str, *, backend: str = "auto", **hparams: Any
 ) -> Algorithm:
     """Build algorithm ``name`` (``dcgd``, ``ef14``, ``ef21``, ``ef21-sgdm``, ``ef21-sgd2m``,
-    ``dore``) on ``compressor`` (a Compressor, or a compressor spec built with ``backend``).
+    ``dore``; model-per-worker: ``local-sgd``, ``scaffold``, ``dsgd``, ``gradient-tracking``,
+    ``choco-sgd``) on ``compressor`` (a Compressor, or a compressor spec built with ``backend``).
 
-    Hyperparameters: ``seed`` for all; ``gamma`` (ef14, dore); ``eta`` (ef21-sgdm,
-    ef21-sgd2m, dore); ``alpha``, ``beta`` (dore). Unknown ones raise ``ValueError``.
+    Hyperparameters: ``seed`` for all; ``gamma`` (ef14, dore; choco-sgd's consensus step);
+    ``eta`` (ef21-sgdm, ef21-sgd2m, dore); ``alpha``, ``beta`` (dore); ``local_steps``
+    (local-sgd, scaffold, dsgd), ``server_lr`` (local-sgd, scaffold); ``graph`` (dsgd,
+    gradient-tracking, choco-sgd: ``ring``, ``exp``, ``one-peer-exp``, ``complete`` or a
+    :class:`gradpack.comm.graphs.Graph`). Unknown ones raise ``ValueError``.
     """
     cls = _lookup(name)
     accepted = hparam_names(cls.name)

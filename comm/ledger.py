@@ -43,7 +43,7 @@ import torch
 from gradpack.errors import LedgerMismatch
 
 DIRECTIONS = ("up", "down")
-OP_DIRECTION = {"all_gather": "up", "gather": "up", "broadcast": "down"}
+OP_DIRECTION = {"all_gather": "up", "gather": "up", "send": "up", "broadcast": "down"}
 #: counters kept per rank, in this order
 FIELDS = ("bits_up", "bits_down", "bytes_up", "bytes_down", "handed_up", "handed_down",
           "received", "messages_up", "messages_down", "bits_down_server")

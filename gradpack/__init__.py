@@ -19,7 +19,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("kernels", "compressors", "comm", "algorithms", "ddp", "bench", "integrations",
-               "errors", "sim", "train")
+               "errors", "sim", "train", "averaging")
 _FUNCTIONS = {"simulate": "sim"}  # name -> the submodule that defines it
 
 __all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gradpack.algorithms import CompressorWarning, from_spec
+from gradpack.algorithms import CompressorWarning, PeerAlgorithm, from_spec, hparam_names
 from gradpack.comm import Link
 from gradpack.problems import Problem, logreg, quadratic, top1
 from gradpack.simulator import History, simulate
@@ -23,13 +23,14 @@ class Run:
 
     @property
     def label(self) -> str:
-        hp = "".join(f",{k}={v:g}" for k, v in self.hparams.items())
+        hp = "".join(f",{k}={_fmt(v)}" for k, v in self.hparams.items())
         return f"{self.algorithm}[{self.compressor}{hp}]"
 
     @classmethod
     def parse(cls, text: str) -> Run:
-        """``ALG/COMPRESSOR[/key=value...]``, e.g. ``ef21-sgdm/topk:0.1/eta=0.1/lr=0.5``
-        (``lr`` is the step size in units of ``1/L``)."""
+        """``ALG/COMPRESSOR[/key=value...]``, e.g. ``ef21-sgdm/topk:0.1/eta=0.1/lr=0.5`` or
+        ``dsgd/identity/graph=one-peer-exp`` (``lr`` is the step size in units of ``1/L``;
+        values are ints, floats or, failing both, strings)."""
         parts = text.split("/")
         if len(parts) < 2:
             raise ValueError(f"run {text!r}: expected ALG/COMPRESSOR[/key=value...]")
@@ -41,8 +42,21 @@ class Run:
             if key == "lr":
                 lr_scale = float(value)
             else:
-                hparams[key] = float(value)
+                hparams[key] = _value(value)
         return cls(parts[0], parts[1], hparams, lr_scale)
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class Experiment:
     topology: str = "allgather"
     x0_shift: float = 0.0  # start away from the origin
     target: float | None = None  # table: bits each run needs to reach loss <= target * f(x0)
+    workers: int = 10  # default n (--workers overrides)
+    doc: str = ""  # what the preset shows (README)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -90,6 +106,41 @@ EXPERIMENTS: dict[str, Experiment] = {
          Run("dore", "qsgd:1:512:inf", {"alpha": 0.3, "beta": 1.0, "eta": 0.3}),
          Run("dore", "randk:0.5:qsgd:1:512:inf", {"alpha": 0.2, "beta": 1.0, "eta": 0.2})),
         steps=300, topology="server", x0_shift=1.0, target=1e-6),
+    # seed 000: local SGD needs fewer rounds than parallel SGD (shared minimiser: IID quadratic)
+    "local-sgd": Experiment(
+        "Local SGD vs parallel SGD, least squares with a shared minimiser (seed 000)",
+        lambda n, seed, **kw: quadratic(n=n, d=10, m=12, mu=0.0, heterogeneity=0.0, seed=seed),
+        (Run("local-sgd", "identity", {"local_steps": 1}, lr_scale=0.5),
+         Run("local-sgd", "identity", {"local_steps": 8}, lr_scale=0.5),
+         Run("local-sgd", "topk:0.3", {"local_steps": 8}, lr_scale=0.5)),
+        steps=480, x0_shift=1.0, target=1e-6, workers=4,
+        doc="bits to the target are proportional to communication rounds"),
+    # seed 000: under heterogeneity local SGD stalls at a floor that SCAFFOLD removes
+    "scaffold": Experiment(
+        "Local SGD vs SCAFFOLD, K = 8, heterogeneous least squares (seed 000)",
+        lambda n, seed, **kw: quadratic(n=n, d=10, m=12, mu=0.0, heterogeneity=1.0, seed=seed),
+        (Run("local-sgd", "identity", {"local_steps": 8}, lr_scale=0.5),
+         Run("scaffold", "identity", {"local_steps": 8}, lr_scale=0.5),
+         Run("scaffold", "topk:0.3", {"local_steps": 8}, lr_scale=0.5)),
+        steps=480, x0_shift=1.0, target=1e-6, workers=4),
+    # seed 001: topologies (rho), one-peer exp ~ static exp with one message, tracking
+    "gossip": Experiment(
+        "DSGD over ring / static exp / one-peer exp, and gradient tracking (seed 001)",
+        lambda n, seed, **kw: quadratic(n=n, d=10, m=12, mu=0.0, sigma=0.1, heterogeneity=0.5,
+                                        seed=seed),
+        (Run("dsgd", "identity", {"graph": "ring"}, lr_scale=0.3),
+         Run("dsgd", "identity", {"graph": "exp"}, lr_scale=0.3),
+         Run("dsgd", "identity", {"graph": "one-peer-exp"}, lr_scale=0.3),
+         Run("gradient-tracking", "identity", {"graph": "one-peer-exp"}, lr_scale=0.3)),
+        steps=200, x0_shift=1.0, workers=16),
+    # seed 001 + Koloskova et al. 2019: compressed gossip, far fewer bits for the same loss
+    "choco": Experiment(
+        "CHOCO-SGD vs DSGD on a ring, least squares with a shared minimiser",
+        lambda n, seed, **kw: quadratic(n=n, d=40, m=48, mu=0.0, heterogeneity=0.0, seed=seed),
+        (Run("dsgd", "identity", {"graph": "ring"}, lr_scale=0.3),
+         Run("choco-sgd", "topk:0.1", {"graph": "ring", "gamma": 0.3}, lr_scale=0.3),
+         Run("choco-sgd", "sign", {"graph": "ring", "gamma": 0.3}, lr_scale=0.3)),
+        steps=250, x0_shift=1.0, target=1e-6, workers=6),
 }
 
 
@@ -104,18 +155,26 @@ def run_experiment(
     link: Link | None = None,
     backend: str = "auto",
     progress: Callable[[int], None] | None = None,
+    overrides: dict | None = None,
 ) -> list[tuple[Run, History]]:
     """Simulate every run on ``problem``; compressor-class warnings are expected here (DCGD
-    with Top-1 is the point of seed 004) and silenced."""
+    with Top-1 is the point of seed 004) and silenced. ``overrides`` (e.g. ``graph``,
+    ``local_steps`` from the command line) replace those hyperparameters in the runs whose
+    algorithm takes them."""
     x0 = problem.x0 + exp.x0_shift
     results = []
     for run in runs:
+        accepted = hparam_names(run.algorithm)
+        extra = {k: v for k, v in (overrides or {}).items() if k in accepted}
+        if extra:
+            run = Run(run.algorithm, run.compressor, {**run.hparams, **extra}, run.lr_scale)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CompressorWarning)
             alg = from_spec(run.algorithm, run.compressor, backend=backend, **run.hparams)
+        topo = "allgather" if isinstance(alg, PeerAlgorithm) else topology or exp.topology
         hist = simulate(alg, problem.grad_fns, x0, steps=steps, lr=run.lr_scale / problem.L,
                         seed=seed, loss_fn=problem.loss_fn, grad_fn=problem.grad_fn,
-                        topology=topology or exp.topology, link=link, progress=progress)
+                        topology=topo, link=link, progress=progress)
         hist.ledger.check()
         results.append((run, hist))
     return results

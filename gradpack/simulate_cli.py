@@ -1,9 +1,12 @@
 """``gradpack simulate``: paper-style experiments with n simulated workers on CPU.
 
 Runs an experiment preset (:mod:`gradpack.experiments`: ``top1``, ``quadratic``, ``logreg``,
-``dore``) or your own ``--run ALG/COMPRESSOR[/key=value...]`` list, prints a table and saves
-plots of ||grad f||^2 and loss against bits per worker and against steps (and against
-modelled time with ``--bandwidth``), plus the numbers as JSON.
+``dore``; seeds 000/001: ``local-sgd``, ``scaffold``, ``gossip``, ``choco``) or your own
+``--run ALG/COMPRESSOR[/key=value...]`` list, prints a table and saves plots of ||grad f||^2
+and loss against bits per worker and against steps (and against modelled time with
+``--bandwidth``), plus the numbers as JSON. ``--graph`` and ``--local-steps`` override those
+hyperparameters in every run that takes them; the table adds messages per worker and the
+final consensus distance (mean ||x_i - x_bar||^2) for the model-per-worker methods.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", action="append", default=None, metavar="ALG/COMP[/k=v...]",
                    help="replace the preset's runs, e.g. ef21-sgdm/topk:0.1/eta=0.1/lr=0.5 "
                         "(lr in units of 1/L); repeatable")
-    p.add_argument("--workers", "-n", type=int, default=10, help="simulated workers (not top1)")
+    p.add_argument("--workers", "-n", type=int, default=None,
+                   help="simulated workers (default: the preset's, usually 10; not top1)")
+    p.add_argument("--graph", default=None, help="ring, exp, one-peer-exp or complete: the graph "
+                   "of dsgd, gradient-tracking and choco-sgd runs")
+    p.add_argument("--local-steps", type=int, default=None,
+                   help="local iterations per round of local-sgd, scaffold and dsgd runs")
     p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
     p.add_argument("--dataset", default="breast_cancer",
                    choices=["breast_cancer", "digits", "synthetic"], help="logreg data")
@@ -60,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     runs = tuple(Run.parse(r) for r in args.run) if args.run else exp.runs
     steps = args.steps if args.steps is not None else exp.steps
     link = Link(args.bandwidth, args.latency) if args.bandwidth else None
-    problem = exp.build(n=args.workers, seed=args.seed, dataset=args.dataset)
+    workers = args.workers if args.workers is not None else exp.workers
+    problem = exp.build(n=workers, seed=args.seed, dataset=args.dataset)
+    overrides = {k: v for k, v in (("graph", args.graph), ("local_steps", args.local_steps))
+                 if v is not None}
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the table
-        console = Console(width=150)
+        console = Console(width=200)
     console.print(f"[bold]{exp.title}[/]: {problem.name}, d = {problem.d}, n = {problem.n}, "
                   f"L = {problem.L:.4g}, {steps} steps")
     start = time.perf_counter()
@@ -72,20 +83,21 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("simulating", total=steps * len(runs))
         results = run_experiment(exp, problem, runs, steps=steps, seed=args.seed,
                                  topology=args.topology, link=link, backend=args.backend,
-                                 progress=lambda k: bar.advance(task))
+                                 progress=lambda k: bar.advance(task), overrides=overrides)
     elapsed = time.perf_counter() - start
 
     target = args.target if args.target is not None else exp.target
     to_target = [_bits_to(h, target) for _, h in results] if target else []
     table = Table(title=f"{args.experiment}: final values after {steps} steps")
-    for col in ("run", "lr", "loss", "||grad f||^2", "Mbit up/w", "Mbit down/w",
-                "diverged at") + (("modelled s",) if link else ()) + (
+    for col in ("run", "lr", "loss", "||grad f||^2", "Mbit up/w", "Mbit down/w", "msgs/w",
+                "consensus", "diverged at") + (("modelled s",) if link else ()) + (
                 (f"Mbit/w to {target:g} f(x0)", "vs first") if target else ()):
         table.add_column(col, justify="left" if col == "run" else "right")
     for i, (r, h) in enumerate(results):
         row = [escape(r.label), f"{r.lr_scale:g}/L", _fmt(h.loss), _fmt(h.grad_norm_sq),
                f"{h.bits_per_worker('up')[-1] / 1e6:.4g}",
                f"{h.bits_per_worker('down')[-1] / 1e6:.4g}",
+               f"{h.messages_up[-1].mean():.4g}", _fmt(h.consensus),
                "-" if h.diverged_at is None else str(h.diverged_at)]
         if link:
             row.append(f"{np.nanmax(h.time):.4g}")
@@ -128,7 +140,8 @@ def _record(r: Run, h) -> dict:
             "loss": lst(h.loss), "grad_norm_sq": lst(h.grad_norm_sq),
             "bits_up_per_worker": h.bits_per_worker("up").tolist(),
             "bits_down_per_worker": h.bits_per_worker("down").tolist(),
-            "time": lst(h.time)}
+            "messages_up_per_worker": h.messages_up.mean(axis=1).tolist(),
+            "consensus": lst(h.consensus), "time": lst(h.time)}
 
 
 def _plot(args, title, results, with_time: bool) -> Path:

@@ -4,8 +4,17 @@ same kernels as the distributed path (:func:`gradpack.algorithms.communicate` ov
 
 Per step ``k``: every worker ``i`` evaluates ``grad_fns[i](x^k, k)`` (its stochastic or
 full local gradient; it must not modify ``x``), the round produces the direction, and
-``x^{k+1} = x^k - lr_k * direction``. The iterate keeps ``x0``'s dtype (float32 or float64);
-gradients go on the wire as float32 (fp16/bf16 pass through as they are).
+``x^{k+1} = x^k - lr_k * direction``. The iterate and all algorithm state (``h``, ``e``,
+``v``, ...) keep ``x0``'s dtype (float32 or float64), so a float64 simulation reaches float64
+accuracy; only the compressors' wire payloads are float32 (gradients of a float32 run are cast
+to float32 as before; fp16/bf16 pass through as they are).
+
+Model-per-worker algorithms (local SGD, SCAFFOLD, DSGD, gradient tracking, CHOCO-SGD:
+:mod:`gradpack.algorithms.peer`) run :func:`gradpack.algorithms.peer_round` instead: worker
+``i`` evaluates ``grad_fns[i](x_i^k, k)`` at its own model, ``steps`` counts local
+iterations, and the history's ``x``, ``loss`` and ``grad_norm_sq`` belong to the average
+``x_bar = (1/n) sum_i x_i`` while ``consensus[k] = (1/n) sum_i ||x_i^k - x_bar^k||^2``
+(:mod:`gradpack.simulate_peer`).
 """
 
 from __future__ import annotations
@@ -17,10 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradpack.algorithms import TOPOLOGIES, Algorithm, communicate
+from gradpack.algorithms import TOPOLOGIES, Algorithm, PeerAlgorithm, communicate
 from gradpack.comm import Ledger, Link, LocalTransport
+from gradpack.errors import CorruptPayloadError, NonFiniteError
 
 GradFn = Callable[[torch.Tensor, int], torch.Tensor]
+#: a message that overflowed float32: non-finite input to a compressor, or an encoded payload
+#: whose scale is inf (a QSGD bucket norm past 3.4e38); in one process nothing else corrupts
+OVERFLOW = (NonFiniteError, CorruptPayloadError)
 
 
 @dataclass
@@ -31,8 +44,11 @@ class History:
     ``bits_up`` / ``bits_down``: int64 ``[steps+1, n]``, algorithmic bits each worker sent /
     received (the papers' count); ``bytes_up`` / ``bytes_down``: payload bytes with padding.
     ``loss`` / ``grad_norm_sq``: float64 ``[steps+1]`` (``None`` without ``loss_fn`` /
-    ``grad_fn``). ``time``: modelled seconds (``None`` without a link). After a divergence
-    (a non-finite gradient or loss) the remaining rows are nan and ``diverged_at`` is the step.
+    ``grad_fn``). ``time``: modelled seconds (``None`` without a link). ``consensus``: float64
+    ``[steps+1]``, the mean over workers of ``||x_i - x_bar||^2`` (zero for the methods with
+    one shared model); ``messages_up``: int64 ``[steps+1, n]``, cumulative messages each worker
+    sent. After a divergence (a non-finite gradient or loss) the remaining rows are nan and
+    ``diverged_at`` is the step.
     """
 
     algorithm: str
@@ -51,6 +67,8 @@ class History:
     grad_norm_sq: np.ndarray | None = None
     time: np.ndarray | None = None
     diverged_at: int | None = None
+    consensus: np.ndarray | None = None
+    messages_up: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def bits_per_worker(self, which: str = "up") -> np.ndarray:
@@ -95,7 +113,11 @@ def simulate(
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a gradpack Algorithm (gradpack.algorithms."
                          f"from_spec), got {type(algorithm).__name__}")
-    if topology not in TOPOLOGIES:
+    if isinstance(algorithm, PeerAlgorithm):
+        if topology != "allgather":
+            raise ValueError(f"{algorithm.name} keeps a model per worker and communicates over "
+                             "its graph (or by averaging); the server topology does not apply")
+    elif topology not in TOPOLOGIES:
         raise ValueError(f"unknown topology {topology!r}; expected one of {TOPOLOGIES}")
     n = len(grad_fns)
     if n < 1:
@@ -105,12 +127,18 @@ def simulate(
     if not isinstance(x0, torch.Tensor) or x0.dtype not in (torch.float32, torch.float64):
         raise ValueError("x0 must be a float32 or float64 tensor")
     alg = algorithm.with_seed(seed)
+    if isinstance(alg, PeerAlgorithm):
+        from gradpack.simulate_peer import simulate_peer
+
+        return simulate_peer(alg, grad_fns, x0, steps=steps, lr=lambda k: _lr_at(lr, k),
+                             loss_fn=loss_fn, grad_fn=grad_fn, link=link, progress=progress)
     x = x0.detach().clone().reshape(-1)
     d = x.numel()
     ledger = Ledger(n)
     transport = LocalTransport(n, ledger=ledger)
-    states = [alg.init_state(d, x.device, world_size=n, rank=i) for i in range(n)]
-    direction = torch.empty(d, dtype=torch.float32, device=x.device)
+    states = [alg.init_state(d, x.device, world_size=n, rank=i, dtype=x.dtype)
+              for i in range(n)]
+    direction = torch.empty(d, dtype=x.dtype, device=x.device)
 
     loss = np.full(steps + 1, np.nan) if loss_fn is not None else None
     gns = np.full(steps + 1, np.nan) if grad_fn is not None else None
@@ -131,18 +159,16 @@ def simulate(
     if not observe(0):
         diverged_at = 0
     for k in range(steps if diverged_at is None else 0):
-        grads = [_wire(fn(x, k), d, i) for i, fn in enumerate(grad_fns)]
+        grads = [_wire(fn(x, k), d, i, x.dtype) for i, fn in enumerate(grad_fns)]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
             diverged_at = k
             break
         try:
             communicate(alg, transport, states, grads, step=k, topology=topology, out=direction)
-        except ValueError as err:  # a server-side message overflowed (e.g. DORE's q)
-            if "non-finite" not in str(err):
-                raise
+        except OVERFLOW:  # a message overflowed float32 (e.g. DORE's q): diverged
             diverged_at = k
             break
-        x.sub_(direction.to(x.dtype), alpha=_lr_at(lr, k))
+        x.sub_(direction, alpha=_lr_at(lr, k))
         done = k + 1
         if time is not None:
             time[k + 1] = time[k] + link.round_time(
@@ -160,14 +186,19 @@ def simulate(
     return History(
         algorithm=alg.name, compressor=alg.compressor.spec, hparams=alg.hparams,
         world_size=n, topology=topology, steps=np.arange(steps + 1), x=x.reshape(x0.shape),
-        ledger=ledger, loss=loss, grad_norm_sq=gns, time=time, diverged_at=diverged_at, **cum,
+        ledger=ledger, loss=loss, grad_norm_sq=gns, time=time, diverged_at=diverged_at,
+        consensus=np.where(np.arange(steps + 1) <= done, 0.0, np.nan), **cum,
     )
 
 
-def _wire(g: torch.Tensor, d: int, i: int) -> torch.Tensor:
+def _wire(g: torch.Tensor, d: int, i: int, dtype: torch.dtype) -> torch.Tensor:
+    """Worker ``i``'s gradient as the algorithm takes it: float64 kept for float64 state,
+    else float64 cast to float32."""
     if not isinstance(g, torch.Tensor) or g.numel() != d:
         raise ValueError(f"grad_fns[{i}] must return a tensor of {d} elements")
     g = g.reshape(-1)
+    if dtype == torch.float64:
+        return g if g.dtype == torch.float64 else g.to(torch.float64)
     return g.to(torch.float32) if g.dtype == torch.float64 else g
 
 
@@ -175,7 +206,7 @@ def _cumulative(ledger: Ledger, steps: int, done: int) -> dict[str, np.ndarray]:
     n = ledger.world_size
     _, hist = ledger.history()
     out = {}
-    for name in ("bits_up", "bits_down", "bytes_up", "bytes_down"):
+    for name in ("bits_up", "bits_down", "bytes_up", "bytes_down", "messages_up"):
         arr = np.zeros((steps + 1, n), dtype=np.int64)
         if done:
             arr[1:done + 1] = np.cumsum(hist[name][:done], axis=0)

@@ -41,7 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cnn: digits CNN (default); mlp: wide digits MLP (4.3M parameters, "
                    "communication-bound); lm: byte-level transformer on stdlib text")
     p.add_argument("--algorithm", default="ef21",
-                   help="dcgd, ef14, ef21 (default), ef21-sgdm, ef21-sgd2m, dore")
+                   help="dcgd, ef14, ef21 (default), ef21-sgdm, ef21-sgd2m, dore; model "
+                   "averaging after each optimizer step: local-sgd, scaffold, dsgd, "
+                   "gradient-tracking, choco-sgd")
+    p.add_argument("--graph", default=None,
+                   help="dsgd / gradient-tracking / choco-sgd graph: ring (default), exp, "
+                   "one-peer-exp, complete")
+    p.add_argument("--local-steps", type=int, default=None,
+                   help="local-sgd / scaffold / dsgd: optimizer steps between communication "
+                   "rounds")
     p.add_argument("--compressor", default="topk:0.05",
                    help="compressor spec, e.g. topk:0.05 (default), randk:0.1, qsgd:15, sign")
     p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
@@ -81,9 +89,13 @@ def parse_hparams(items: list[str]) -> dict:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     d = MODEL_DEFAULTS[args.model]
     pick = lambda v, k: d[k] if v is None else v  # noqa: E731
+    hparams = parse_hparams(args.hparam)
+    for key, value in (("graph", args.graph), ("local_steps", args.local_steps)):
+        if value is not None:
+            hparams[key] = value
     cfg = TrainConfig(
         model=args.model, algorithm=args.algorithm, compressor=args.compressor,
-        hparams=parse_hparams(args.hparam), workers=args.workers,
+        hparams=hparams, workers=args.workers,
         steps=pick(args.steps, "steps"), batch_size=pick(args.batch_size, "batch_size"),
         lr=pick(args.lr, "lr"), momentum=args.momentum, seed=args.seed, backend=args.backend,
         bucket_cap_mb=args.bucket_cap_mb, eval_every=pick(args.eval_every, "eval_every"),

@@ -1,6 +1,10 @@
 """One rank of ``gradpack train``: the compressed run, then the uncompressed baseline
 (``dcgd`` + ``identity`` through the same hook: plain minibatch SGD, fp32 on the wire) on the
-same seed, model initialisation and minibatches."""
+same seed, model initialisation and minibatches. Model-per-worker algorithms (``local-sgd``,
+``scaffold``, ``dsgd``, ``gradient-tracking``, ``choco-sgd``) train without DDP: each rank
+steps its own model and a :class:`~gradpack.averaging.ModelAverager` mixes the models after
+every ``optimizer.step()``; the loss reported is each rank's own model's (averaged over ranks),
+the evaluation is of rank 0's model."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gradpack.ddp
-from gradpack.algorithms import from_spec
+from gradpack.algorithms import PeerAlgorithm, from_spec
+from gradpack.averaging import ModelAverager
 
 from . import train_data, train_models
 
@@ -131,6 +136,11 @@ class Task:
 def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
     cfg, rank, device = task.cfg, task.rank, task.device
     name, comp, hparams = spec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = isinstance(from_spec(name, comp, **hparams), PeerAlgorithm)
+    if peer:
+        return _peer_run(task, label, spec, sink)
     model = task.model()
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
               bucket_cap_mb=cfg.bucket_cap_mb)
@@ -175,6 +185,57 @@ def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
         "units": len(state.units.units),
         "wall_s": wall, "encode_s": state.stats.encode_s, "decode_s": state.stats.decode_s,
         "comm_s": state.stats.comm_s,
+    }
+
+
+def _peer_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
+    """A model per rank, mixed by the averager after each optimizer step (no DDP)."""
+    cfg, rank = task.cfg, task.rank
+    name, comp, hparams = spec
+    model = task.model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        averager = ModelAverager(model, name, comp, seed=cfg.seed, **hparams)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    batches = train_data.Batches(cfg.seed, rank)
+    losses, evals, bits_cum = [], [], []
+    eval_s = comm_s = 0.0
+    t0 = time.perf_counter()
+    for k in range(cfg.steps):
+        x, y = task.batch(batches)
+        loss = task.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t_comm = time.perf_counter()
+        averager.pre_step()  # SCAFFOLD's correction, gradient tracking's first exchange
+        comm_s += time.perf_counter() - t_comm
+        opt.step()
+        t_comm = time.perf_counter()
+        averager.step()
+        comm_s += time.perf_counter() - t_comm
+        losses.append(loss.item())
+        bits_cum.append(int(averager.ledger.totals()["bits_up"][rank]))
+        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
+            t_eval = time.perf_counter()
+            evals.append({"step": k + 1, "time_s": t_eval - t0 - eval_s,
+                          **task.evaluate(model)})
+            eval_s += time.perf_counter() - t_eval
+        if sink is not None:
+            sink(label, k + 1, losses[-1])
+    wall = time.perf_counter() - t0
+    averager.ledger.check()
+    totals = averager.ledger.totals()
+    return {
+        "label": label, "algorithm": name, "compressor": comp, "hparams": hparams,
+        "warnings": sorted({str(w.message) for w in caught}),
+        "params": sum(p.numel() for p in model.parameters()),
+        "losses": losses, "evals": evals, "bits_up_cum": bits_cum,
+        "bits_up": int(totals["bits_up"][rank]), "bits_down": 0,
+        "messages_up": int(totals["messages_up"][rank]),
+        "bytes_handed": int(totals["handed_up"][rank]),
+        "bytes_received": int(totals["received"][rank]), "units": 1,
+        # the averager's encode, exchange and decode together are its comm_s
+        "wall_s": wall, "encode_s": 0.0, "decode_s": 0.0, "comm_s": comm_s,
     }
 
 

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from gradpack.algorithms import SERVER, CompressorWarning, communicate, from_spec, names
+from gradpack.algorithms import (
+    SERVER,
+    CompressorWarning,
+    communicate,
+    from_spec,
+    hparam_names,
+    names,
+)
 from gradpack.comm import LocalTransport
 from gradpack.compressors import from_spec as compressor
 
@@ -152,7 +159,11 @@ def test_seed_for_is_a_function_of_its_coordinates():
 
 
 def test_from_spec_names_and_errors():
-    assert names() == ["dcgd", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m", "dore"]
+    assert names() == ["dcgd", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m", "dore", "local-sgd",
+                       "scaffold", "dsgd", "gradient-tracking", "choco-sgd"]
+    assert hparam_names("dsgd") == ["graph", "local_steps", "seed"]
+    assert from_spec("dsgd", "identity", graph="exp", local_steps=2).hparams == {
+        "graph": "exp", "local_steps": 2}
     with pytest.raises(ValueError, match="unknown algorithm"):
         from_spec("ef22", "sign")
     with pytest.raises(ValueError, match="does not take"):

@@ -119,6 +119,9 @@ def test_run_spec_parsing():
     r = Run.parse("ef21-sgdm/topk:0.1/eta=0.2/lr=0.5")
     assert (r.algorithm, r.compressor, r.hparams, r.lr_scale) == \
         ("ef21-sgdm", "topk:0.1", {"eta": 0.2}, 0.5)
+    r = Run.parse("dsgd/identity/graph=one-peer-exp/local_steps=4")
+    assert r.hparams == {"graph": "one-peer-exp", "local_steps": 4}
+    assert r.label == "dsgd[identity,graph=one-peer-exp,local_steps=4]"
     with pytest.raises(ValueError, match="ALG/COMPRESSOR"):
         Run.parse("ef21")
     with pytest.raises(ValueError, match="key=value"):
@@ -152,3 +155,30 @@ def test_cli_bits_to_target_column(tmp_path, capsys):
     assert f"{96 * k_gd / 1e6:.4g}" in out  # identity: 3 x 32 bits up per step, none down
     assert not (dcgd[np.isfinite(dcgd)] <= 0.05 * dcgd[0]).any()  # shown as "-"
     assert (ef21 <= 0.05 * ef21[0]).any()
+
+
+def test_cli_graph_and_local_steps_overrides(tmp_path, capsys):
+    """``--graph`` / ``--local-steps`` reach the runs that take them; the table and JSON have
+    messages per worker (2 per step on exp with n = 4: offsets 1 and 2) and consensus."""
+    rc = main(["simulate", "quadratic", "--workers", "4", "--steps", "12", "--no-plot",
+               "--out", str(tmp_path), "--graph", "exp", "--local-steps", "3",
+               "--run", "dsgd/identity/lr=0.1", "--run", "dcgd/identity/lr=0.1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "dsgd[identity,graph=exp,local_steps=3]" in out and "msgs/w" in out
+    data = json.loads((tmp_path / "quadratic.json").read_text())
+    dsgd, dcgd = data["runs"]
+    assert dsgd["messages_up_per_worker"][-1] == 2 * 12 // 3
+    assert dcgd["messages_up_per_worker"][-1] == 12 and dcgd["label"] == "dcgd[identity]"
+    assert dsgd["consensus"][1] > 0 and dcgd["consensus"][-1] == 0
+
+
+def test_gossip_link_time_model():
+    """With a link, a gossip step costs latency + 8 d_max P / bandwidth (each node pushes its
+    d_max messages through its own link, all nodes in parallel); local steps cost nothing."""
+    p = _quad()
+    link = Link(bandwidth=1e6, latency=1e-3)
+    h = simulate(from_spec("dsgd", "identity", graph="exp", local_steps=2, backend="torch"),
+                 p.grad_fns, p.x0, steps=4, lr=0.1, link=link)
+    per_round = 1e-3 + 8 * 2 * 48 / 1e6  # n = 3: offsets 1, 2; 12 fp32 values = 48 bytes
+    np.testing.assert_allclose(np.diff(h.time), [0, per_round, 0, per_round], rtol=1e-12)

@@ -81,3 +81,18 @@ def test_train_lm_under_torchrun(tmp_path):
     assert run["config"]["workers"] == 2 and list(run["runs"]) == ["compressed"]
     assert run["runs"]["compressed"]["evals"][-1]["val_loss"] > 0
     assert "val bits per byte" in proc.stdout
+
+
+@pytest.mark.distributed
+def test_train_decentralized_over_one_peer_exponential_graph(tmp_path, capsys):
+    """``--algorithm dsgd --graph one-peer-exp --local-steps 2``: 4 ranks, each its own model,
+    one neighbour message every second step: bits = steps/2 x 32 x parameters."""
+    assert main(["train", "--algorithm", "dsgd", "--graph", "one-peer-exp", "--local-steps",
+                 "2", "--compressor", "identity", "--workers", "4", "--steps", "6",
+                 "--eval-every", "3", "--no-baseline", "--out", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    comp = run["runs"]["compressed"]
+    assert run["config"]["hparams"] == {"graph": "one-peer-exp", "local_steps": 2}
+    assert comp["bits_up"] == 3 * 32 * comp["params"] and comp["messages_up"] == 3
+    assert comp["bits_up_cum"][:2] == [0, 32 * comp["params"]]
+    assert comp["evals"][-1]["test_accuracy"] > 0
