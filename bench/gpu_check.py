@@ -224,7 +224,7 @@ def _ddp_worker(rank, world, dist_backend, device, port, out_dir, cases, steps, 
 
     import gradpack.ddp
     from gradpack.algorithms import from_spec as algorithm
-    from gradpack.simulator import simulate
+    from gradpack.sim.core import simulate
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world))

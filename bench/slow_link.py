@@ -215,7 +215,8 @@ def _torch_hook(spec: str, world: int):
 def _train_api():
     """gradpack train's model, data and evaluation, so PyTorch's hooks train exactly the
     same run as gradpack's (one import to update if ``gradpack train`` moves)."""
-    from gradpack import train_data, train_worker
+    from gradpack.train import data as train_data
+    from gradpack.train import worker as train_worker
 
     return train_data, train_worker
 

@@ -25,20 +25,11 @@ _FUNCTIONS = {"simulate": "sim"}  # name -> the submodule that defines it
 __all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]
 
 
-def _simulate_module():
-    try:
-        return importlib.import_module(f"{__name__}.sim")
-    except ModuleNotFoundError as err:  # until the simulator moves into gradpack.sim
-        if err.name != f"{__name__}.sim":
-            raise
-        return importlib.import_module(f"{__name__}.simulator")
-
-
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _FUNCTIONS:
-        return getattr(_simulate_module(), name)
+        return getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -11,8 +11,8 @@ import sys
 
 SUBCOMMANDS = {
     "demo": ("gradpack.demo", "compress a real tensor with every compressor and print a table"),
-    "simulate": ("gradpack.simulate_cli", "paper-style experiments with n simulated workers"),
-    "train": ("gradpack.train", "compressed data-parallel training on local worker processes"),
+    "simulate": ("gradpack.sim.cli", "paper-style experiments with n simulated workers"),
+    "train": ("gradpack.train.cli", "compressed data-parallel training on local worker processes"),
     "bench": ("gradpack.bench.cli", "kernel throughput against measured memory bandwidth"),
 }
 

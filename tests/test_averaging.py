@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 from gradpack.algorithms import from_spec
 from gradpack.averaging import ModelAverager
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 WORLD, STEPS, D = 4, 6, 24
 CASES = [("dsgd", "identity", {"graph": "one-peer-exp"}),

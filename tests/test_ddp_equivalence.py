@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gradpack.ddp
 from gradpack.algorithms import from_spec
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
 from tests.ddp_support import run_workers, values
 
 pytestmark = pytest.mark.distributed

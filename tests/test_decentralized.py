@@ -10,8 +10,8 @@ import torch
 from gradpack.algorithms import CompressorWarning, from_spec, peer_round
 from gradpack.comm import Ledger, LocalTransport, graphs
 from gradpack.comm.p2p import LocalExchange
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 
 def _alg(name, spec="identity", **hp):

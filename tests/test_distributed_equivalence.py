@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from gradpack.algorithms import CompressorWarning, PeerAlgorithm, communicate, from_spec, peer_round
 from gradpack.comm import Ledger, ProcessGroupTransport, graphs
 from gradpack.comm.p2p import ProcessGroupExchange
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 pytestmark = pytest.mark.distributed
 

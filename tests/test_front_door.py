@@ -16,7 +16,7 @@ import gradpack
 from gradpack import errors
 
 LAYERS = ("kernels", "compressors", "comm", "algorithms", "ddp", "bench", "integrations",
-          "sim", "simulator", "train")
+          "sim", "train", "averaging")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -11,7 +11,7 @@ import torch
 
 from gradpack.algorithms import from_spec
 from gradpack.comm import JsonLinesLog, Ledger, LedgerMismatch, LocalTransport, record_round
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
 
 
 def test_records_per_step_and_cumulative():

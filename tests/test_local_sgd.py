@@ -8,8 +8,8 @@ import torch
 from gradpack.algorithms import from_spec, peer_round
 from gradpack.comm import Ledger, LocalTransport
 from gradpack.comm.p2p import LocalExchange
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 
 def _alg(name, spec="identity", **hp):

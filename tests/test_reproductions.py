@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gradpack.algorithms import CompressorWarning, from_spec
-from gradpack.problems import quadratic, top1
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic, top1
 
 
 def _alg(name, spec, **hp):

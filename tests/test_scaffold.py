@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from gradpack.algorithms import from_spec
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 
 def _alg(name, spec="identity", **hp):

@@ -10,8 +10,8 @@ from gradpack.algorithms import CompressorWarning, from_spec
 from gradpack.algorithms.unfused import unfused_step
 from gradpack.compressors import from_spec as compressor
 from gradpack.kernels.fusion import Fusion
-from gradpack.problems import quadratic
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.problems import quadratic
 
 F32_EPS = torch.finfo(torch.float32).eps  # 1.2e-7
 F64_EPS = torch.finfo(torch.float64).eps  # 2.2e-16

@@ -10,9 +10,9 @@ import torch
 from gradpack.algorithms import CompressorWarning, from_spec
 from gradpack.cli import main
 from gradpack.comm import Link
-from gradpack.experiments import Run
-from gradpack.problems import logreg, quadratic, top1
-from gradpack.simulator import simulate
+from gradpack.sim.core import simulate
+from gradpack.sim.experiments import Run
+from gradpack.sim.problems import logreg, quadratic, top1
 
 
 def _quad():

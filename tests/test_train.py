@@ -11,9 +11,11 @@ import sys
 import pytest
 import torch
 
-from gradpack import train_data, train_models, train_report
 from gradpack.cli import main
-from gradpack.train import parse_hparams
+from gradpack.train import data as train_data
+from gradpack.train import models as train_models
+from gradpack.train import report as train_report
+from gradpack.train.cli import parse_hparams
 from tests.ddp_support import free_port
 
 

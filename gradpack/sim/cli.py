@@ -20,7 +20,7 @@ import numpy as np
 
 from gradpack.algorithms import TOPOLOGIES
 from gradpack.comm import Link
-from gradpack.experiments import EXPERIMENTS, Run, run_experiment
+from gradpack.sim.experiments import EXPERIMENTS, Run, run_experiment
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import torch
 from gradpack.algorithms import PeerAlgorithm, peer_round
 from gradpack.comm import Ledger, Link, LocalTransport
 from gradpack.comm.p2p import LocalExchange
-from gradpack.simulator import OVERFLOW, History, _cumulative, _wire
+from gradpack.sim.core import OVERFLOW, History, _cumulative, _wire
 
 
 def gossip_time(link: Link, degree: int, nbytes: int) -> float:

@@ -128,7 +128,7 @@ def simulate(
         raise ValueError("x0 must be a float32 or float64 tensor")
     alg = algorithm.with_seed(seed)
     if isinstance(alg, PeerAlgorithm):
-        from gradpack.simulate_peer import simulate_peer
+        from gradpack.sim.peer import simulate_peer
 
         return simulate_peer(alg, grad_fns, x0, steps=steps, lr=lambda k: _lr_at(lr, k),
                              loss_fn=loss_fn, grad_fn=grad_fn, link=link, progress=progress)

@@ -26,8 +26,8 @@ import torch.multiprocessing as mp
 
 from gradpack.algorithms import from_spec
 
-from . import train_report
-from .train_worker import TrainConfig, free_port, resolve_backend, spawn_entry, train_rank
+from . import report as train_report
+from .worker import TrainConfig, free_port, resolve_backend, spawn_entry, train_rank
 
 MODEL_DEFAULTS = {  # per model: steps, batch size, lr, eval every
     "cnn": {"steps": 400, "batch_size": 32, "lr": 0.2, "eval_every": 50},

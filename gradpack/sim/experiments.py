@@ -1,6 +1,6 @@
 """Paper-style experiment presets for ``gradpack simulate``: a problem, the runs to compare
 (algorithm, compressor, hyperparameters, step size as a multiple of ``1/L``), steps and
-topology. Every run is a :func:`gradpack.simulator.simulate` call."""
+topology. Every run is a :func:`gradpack.sim.simulate` call."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from gradpack.algorithms import CompressorWarning, PeerAlgorithm, from_spec, hparam_names
 from gradpack.comm import Link
-from gradpack.problems import Problem, logreg, quadratic, top1
-from gradpack.simulator import History, simulate
+from gradpack.sim.core import History, simulate
+from gradpack.sim.problems import Problem, logreg, quadratic, top1
 
 
 @dataclass(frozen=True)

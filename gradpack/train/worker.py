@@ -26,7 +26,8 @@ import gradpack.ddp
 from gradpack.algorithms import PeerAlgorithm, from_spec
 from gradpack.averaging import ModelAverager
 
-from . import train_data, train_models
+from . import data as train_data
+from . import models as train_models
 
 BASELINE = ("dcgd", "identity", {})
 
