@@ -93,6 +93,13 @@ class HookState:
         if not hasattr(algorithm, "worker_step") or not hasattr(algorithm, "compressor"):
             raise TypeError(f"gradpack.ddp: expected a gradpack algorithm "
                             f"(gradpack.algorithms.from_spec), got {type(algorithm).__name__}")
+        from gradpack.algorithms.peer import PeerAlgorithm
+
+        if isinstance(algorithm, PeerAlgorithm):
+            raise ValueError(f"gradpack.ddp: {algorithm.name} keeps one model per worker and "
+                             "averages models, not gradients: use "
+                             "gradpack.averaging.ModelAverager after optimizer.step(), not a "
+                             "DDP comm hook")
         # hyperparameters
         self.algorithm = algorithm
         self.nonfinite = nonfinite

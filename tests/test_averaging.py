@@ -130,3 +130,14 @@ def test_averager_errors():
     avg = ModelAverager([x], "dsgd")
     with pytest.raises(ValueError, match="checkpoint is for"):
         avg.load_state_dict(ModelAverager([x], "local-sgd").state_dict())
+
+
+@pytest.mark.parametrize("name", ["local-sgd", "scaffold", "dsgd", "gradient-tracking"])
+def test_ddp_hook_points_model_averaging_algorithms_to_the_averager(name):
+    import gradpack
+    from gradpack.algorithms import from_spec as algorithm
+    from gradpack.compressors import from_spec as compressor
+
+    kw = {"graph": "ring"} if name in ("dsgd", "gradient-tracking") else {}
+    with pytest.raises(ValueError, match="ModelAverager"):
+        gradpack.ddp.hook(algorithm(name, compressor("identity"), **kw))
