@@ -12,30 +12,55 @@ Payload layout: fp32 header values (scales, norms), then one packed little-endia
 stream (:mod:`gradpack.kernels.bitpack`), then zero padding to a multiple of 8 bytes
 (``payload_bytes(d) - ceil(wire_bits(d) / 8) < 8``).
 
-Policies, the same for every compressor:
+Policies, the same for every compressor (README, "Policies", says the same):
 
 - inputs may be float32, float16 or bfloat16, contiguous or not, torch tensors or any
   DLPack array (CuPy, NumPy), taken without a copy; decode returns
   ``dtype`` (default float32) unless ``out`` is given;
-- an empty tensor, a payload of the wrong length, dtype or device, or a bad ``out``
-  raises ``ValueError`` before anything is written;
-- non-finite input (inf or nan in ``x`` or ``grad``) raises ``ValueError`` before any
-  payload byte or state element is written (``check_finite=False`` skips the check and
-  its device synchronisation; the payload is then unspecified);
+- every argument is checked before anything is written, and a bad one raises
+  ``ValueError`` naming it: an empty, sparse, meta or complex tensor, a payload of the
+  wrong length, dtype or device, a non-int ``numel``/``seed``/``seeds``, a ``scale`` that
+  is not a real number finite in float32, a state tensor or ``out`` that cannot be written
+  in place (wrong dtype, size, device, layout, an inference tensor, memory shared with
+  another argument, not a torch tensor). ``TypeError`` only where Python itself raises
+  it (an unknown keyword, a missing argument);
+- alignment: payload bytes are read as 4- and 8-byte words, so a payload to decode whose
+  first byte is not 8-byte aligned (a view at an odd storage offset) is copied to an
+  aligned buffer first (it is an input); an ``out=`` payload buffer that is not 8-byte
+  aligned, or a decode ``out`` not aligned to its element size, is a ``ValueError``
+  (nothing is written);
+- ``step`` is transactional: every check above, and the finite check below, runs before
+  the first kernel, so a step that raises leaves every state tensor and ``out`` as they were;
+- non-finite input (inf or nan in ``x`` or ``grad``) raises
+  :class:`~gradpack.errors.NonFiniteError` (a ``ValueError``) before any payload byte or
+  state element is written;
+- decoding never trusts a payload: a header value (sign's scale, ssign's norm, QSGD's
+  bucket norms) that is nan, inf or negative, or a value (fp32/fp16/bf16 codes, Top-K and
+  Random-K values) that is nan or inf, raises :class:`~gradpack.errors.CorruptPayloadError`
+  naming the row and the field before anything is written to ``out``; Top-K's index fields
+  are always checked (bounds, strictly increasing);
+- ``check_finite=False`` skips the input finite check and the payload value/header check,
+  and their one host read each (a device synchronisation on a GPU); the payload (or the
+  decoded sum) is then unspecified for such inputs, but never written outside ``out``;
 - randomness comes only from ``seed`` (Philox, counter = element index): the same
   ``(x, seed)`` gives the same payload on every backend and every rank.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 
+from gradpack.errors import CorruptPayloadError, NonFiniteError
 from gradpack.kernels.backend import check_backend, resolve
 from gradpack.kernels.fusion import PLAIN, Fusion, check_state
-from gradpack.kernels.philox import check_seed
+
+from . import checks
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALIGN = 8  # payload bytes are a multiple of this
@@ -106,18 +131,25 @@ class Compressor(ABC):
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fused worker step (see :mod:`gradpack.kernels.fusion`): updates ``state`` in place
-        and returns the payload of ``C(r)``."""
-        check_seed(seed)
+        and returns the payload of ``C(r)``. Every check runs before the first kernel: a
+        step that raises has written nothing (module doc, "Policies")."""
+        seed = checks.seed(seed, self.spec)
         x = self._check_input(grad)
-        check_state(fusion, x, state)
-        d = x.numel()
-        payload = self._payload_out(out, d, x.device)
+        self._check_state(fusion, x, state)
+        payload = self._payload_out(out, x.numel(), x.device)
+        for name in fusion.state_names():
+            if checks.overlap(payload, state[name]):
+                raise ValueError(f"{self.spec}: out shares memory with state {name!r}")
+        if checks.overlap(payload, x):
+            raise ValueError(f"{self.spec}: out shares memory with the input")
+        backend = resolve(self.backend, x.device)
         if self.check_finite and not _all_finite(x):
-            raise ValueError(
+            raise NonFiniteError(
                 f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
                 "and no state was changed"
             )
-        self._encode(fusion, x, state, seed, payload, resolve(self.backend, x.device))
+        with torch.no_grad():  # state may require grad; its update is not differentiable
+            self._encode(fusion, x, state, seed, payload, backend)
         return payload
 
     def decode(
@@ -145,8 +177,10 @@ class Compressor(ABC):
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """``out (+)= scale * sum_i C_i`` over the rows of ``payloads`` ([n, payload_bytes]),
-        accumulated in fp32 in row order, without materialising n dense tensors."""
-        self._check_numel(numel)
+        accumulated in fp32 in row order, without materialising n dense tensors. Every row
+        is checked (length, and with ``check_finite`` its header and values) before
+        anything is written to ``out``."""
+        numel = self._check_numel(numel)
         self._check_payload_dims(payloads, 2)
         n, nbytes = payloads.shape
         if nbytes != self.payload_bytes(numel):
@@ -156,14 +190,22 @@ class Compressor(ABC):
             )
         if n < 1:
             raise ValueError(f"{self.spec}: no payloads to decode")
-        seeds = [0] * n if seeds is None else [check_seed(s) for s in seeds]
-        if len(seeds) != n:
-            raise ValueError(f"{self.spec}: {n} payloads but {len(seeds)} seeds")
-        if not payloads.is_contiguous():
-            payloads = payloads.contiguous()
+        seeds = checks.seed_list(seeds, n, self.spec)
+        scale = checks.fp32_scalar(scale, "scale", self.spec)
+        add = bool(add)
+        backend = resolve(self.backend, payloads.device)
         out = self._dense_out(out, numel, dtype, payloads.device, add)
-        self._decode_sum(payloads, numel, seeds, out, float(scale), add,
-                         resolve(self.backend, payloads.device))
+        if not payloads.is_contiguous() or not checks.aligned(payloads, ALIGN):
+            payloads = payloads.clone(memory_format=torch.contiguous_format)  # an input
+        if checks.overlap(out, payloads):
+            raise ValueError(f"{self.spec}: out shares memory with the payloads")
+        if self.check_finite:
+            fault = self._payload_fault(payloads, numel)
+            if fault is not None:
+                raise CorruptPayloadError(
+                    f"{self.spec}: corrupt payload: {fault}; nothing was written")
+        with torch.no_grad():
+            self._decode_sum(payloads, numel, seeds, out, scale, add, backend)
         return out
 
     # -- for subclasses -------------------------------------------------------------------
@@ -173,19 +215,31 @@ class Compressor(ABC):
 
     @abstractmethod
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
-        """``out (+)= scale * sum_i decode(payloads[i])``; ``out`` is contiguous."""
+        """``out (+)= scale * sum_i decode(payloads[i])``; ``out`` is contiguous, the
+        payloads contiguous and 8-byte aligned, and checked by :meth:`_payload_fault`."""
+
+    def _payload_fault(self, payloads: torch.Tensor, numel: int) -> str | None:
+        """What is wrong with the header or values of the payload rows (``"row 2, bucket 7
+        norm is nan"``), or ``None``; at most one host read when nothing is. The payloads
+        are contiguous, 8-byte aligned and of the right length. No fields: ``None``."""
+        return None
 
     # -- checks ---------------------------------------------------------------------------
     def _check_numel(self, numel: int) -> int:
-        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 1:
+        if isinstance(numel, bool) or not isinstance(numel, numbers.Integral) or numel < 1:
             raise ValueError(f"{self.spec}: numel must be a positive int, got {numel!r}")
         if numel >= 2**31:
-            raise ValueError(f"{self.spec}: at most 2**31 - 1 elements per call, got {numel}")
-        return numel
+            raise ValueError(
+                f"{self.spec}: at most 2**31 - 1 elements (numel) per call, got {numel}")
+        return int(numel)
 
     def _check_input(self, x) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):
-            x = torch.from_dlpack(x)  # CuPy, NumPy, JAX arrays: zero-copy
+            try:
+                x = torch.from_dlpack(x)  # CuPy, NumPy, JAX arrays: zero-copy
+            except (BufferError, RuntimeError, TypeError) as e:
+                raise ValueError(f"{self.spec}: cannot take the input through DLPack: {e}") \
+                    from None
         if not isinstance(x, torch.Tensor):
             raise ValueError(
                 f"{self.spec}: expected a torch.Tensor or a DLPack array, got {type(x).__name__}"
@@ -194,28 +248,66 @@ class Compressor(ABC):
             raise ValueError(
                 f"{self.spec}: input dtype must be one of {FLOAT_DTYPES}, got {x.dtype}"
             )
+        checks.tensor(x, "input", self.spec)
         if x.numel() == 0:
             raise ValueError(f"{self.spec}: cannot encode an empty tensor")
         self._check_numel(x.numel())
         return x.reshape(-1) if x.is_contiguous() else x.contiguous().view(-1)
 
+    def _check_state(self, fusion, x: torch.Tensor, state) -> None:
+        """The fusion's scalars and the state tensors it updates in place (plus
+        :func:`~gradpack.kernels.fusion.check_state`), before anything is written."""
+        if not isinstance(fusion, Fusion):
+            raise ValueError(f"{self.spec}: fusion must be a gradpack Fusion, got "
+                             f"{type(fusion).__name__}")
+        try:
+            scalars = fusion.scalars()
+        except (TypeError, ValueError, OverflowError, struct.error) as e:
+            raise ValueError(f"{self.spec}: fusion scalars must be real numbers finite in "
+                             f"float32 ({fusion}): {e}") from None
+        for name, value in scalars.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{self.spec}: fusion {name} is {value} in float32 ({fusion})")
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.spec}: state must be a dict of tensors, got "
+                             f"{type(state).__name__}")
+        names = fusion.state_names()
+        for name in names:
+            if name in state:
+                checks.writable(checks.tensor(state[name], f"state {name!r}", self.spec),
+                                f"state {name!r}", self.spec)
+        check_state(fusion, x, state)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if checks.overlap(state[a], state[b]):
+                    raise ValueError(f"{self.spec}: state {a!r} and {b!r} share memory")
+
     def _payload_out(self, out, numel, device) -> torch.Tensor:
         nbytes = self.payload_bytes(numel)
         if out is None:
             return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        self._check_payload_dims(out, 1)
+        self._check_payload_dims(out, 1, "out")
+        checks.writable(out, "out", self.spec)
         if out.numel() != nbytes or not out.is_contiguous() or out.device != torch.device(device):
             raise ValueError(
                 f"{self.spec}: out must be a contiguous uint8 tensor of {nbytes} bytes on {device}"
             )
+        if not checks.aligned(out, ALIGN):
+            raise ValueError(
+                f"{self.spec}: out must start at a multiple of {ALIGN} bytes (payloads are "
+                f"read and written as 4- and 8-byte words); this one starts "
+                f"{out.data_ptr() % ALIGN} bytes past one (storage offset "
+                f"{out.storage_offset()}); nothing was written"
+            )
         return out
 
-    def _check_payload_dims(self, payload, ndim) -> None:
+    def _check_payload_dims(self, payload, ndim, what: str = "payload") -> None:
         if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
             got = payload.dtype if isinstance(payload, torch.Tensor) else type(payload).__name__
-            raise ValueError(f"{self.spec}: payload must be a torch.uint8 tensor, got {got}")
+            raise ValueError(f"{self.spec}: {what} must be a torch.uint8 tensor, got {got}")
+        checks.tensor(payload, what, self.spec)
         if payload.dim() != ndim:
-            raise ValueError(f"{self.spec}: payload must have {ndim} dims, got {payload.dim()}")
+            raise ValueError(f"{self.spec}: {what} must have {ndim} dims, got {payload.dim()}")
 
     def _dense_out(self, out, numel, dtype, device, add) -> torch.Tensor:
         if out is None:
@@ -224,6 +316,7 @@ class Compressor(ABC):
             if dtype not in FLOAT_DTYPES:
                 raise ValueError(f"{self.spec}: dtype must be one of {FLOAT_DTYPES}, got {dtype}")
             return torch.empty(numel, dtype=dtype, device=device)
+        checks.tensor(out, "out", self.spec)
         if out.dtype not in FLOAT_DTYPES or out.numel() != numel or out.device != device:
             raise ValueError(
                 f"{self.spec}: out must be a float tensor of {numel} elements on {device}, "
@@ -231,4 +324,7 @@ class Compressor(ABC):
             )
         if not out.is_contiguous():
             raise ValueError(f"{self.spec}: out must be contiguous")
-        return out
+        if not checks.aligned(out, out.element_size()):
+            raise ValueError(f"{self.spec}: out must be aligned to its element size "
+                             f"({out.element_size()} bytes)")
+        return checks.writable(out, "out", self.spec)

@@ -36,6 +36,9 @@ class QSGD(ElementwiseCompressor):
     def __init__(self, levels: int, bucket: int = DEFAULT_BUCKET, *, maxnorm: bool = False,
                  **kw):
         super().__init__(**kw)
+        for what, value in (("S (levels)", levels), ("B (bucket size)", bucket)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"qsgd: {what} must be an int, got {value!r}")
         if not 1 <= levels <= MAX_LEVELS:
             raise ValueError(f"qsgd: S (levels) must be in [1, {MAX_LEVELS}], got {levels}")
         if bucket < 1:

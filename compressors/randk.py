@@ -15,6 +15,10 @@ same seed, so only values travel: ``wire_bits = 32 K``.
   stream. Unbiased, with ``omega = (1 + omega_Q(K)) d/K - 1``: ``E||Q(R(x)) - x||^2 =
   E||Q(R(x)) - R(x)||^2 + E||R(x) - x||^2 <= omega_Q (d/K) ||x||^2 + (d/K - 1)||x||^2``.
   Wire: the code's bits for ``K`` elements.
+
+Decoding with ``check_finite`` checks each row's values first (fp32: finite; a value code:
+its own header and value check, :mod:`.elementwise`) and raises
+:class:`~gradpack.errors.CorruptPayloadError` naming the row before anything is written.
 """
 
 from __future__ import annotations
@@ -97,6 +101,13 @@ class RandK(Sparsifier):
 
         kr.encode(self.unbiased, self.k(x.numel()), fusion, x, state, seed, payload, backend,
                   write)
+
+    def _payload_fault(self, payloads, numel):
+        """The fp32 values, or the value code's header and values (for ``K`` elements)."""
+        if self.values is None:
+            return self._value_fault(payloads, numel)
+        fault = self.values._payload_fault(payloads, self.k(numel))
+        return None if fault is None else f"{fault} (value code {self.values.spec})"
 
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
         k, read = self.k(numel), None

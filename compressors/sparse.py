@@ -9,7 +9,11 @@ payload size does too.
 from __future__ import annotations
 
 import math
+import numbers
 
+import torch
+
+from . import checks
 from .base import Compressor
 from .spec import parse_int
 
@@ -35,11 +39,13 @@ class Sparsifier(Compressor):
         super().__init__(**kw)
         if (ratio is None) == (count is None):
             raise ValueError(f"{self.name}: give exactly one of ratio and count")
-        if ratio is not None and not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
-            raise ValueError(f"{self.name}: ratio must be in (0, 1], got {ratio}")
-        if count is not None and (not isinstance(count, int) or count < 1):
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+                                  or not (math.isfinite(ratio) and 0.0 < ratio <= 1.0)):
+            raise ValueError(f"{self.name}: ratio must be in (0, 1], got {ratio!r}")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 1):
             raise ValueError(f"{self.name}: count must be a positive int, got {count!r}")
-        self.ratio = ratio
+        self.ratio = None if ratio is None else float(ratio)
         self.count = count
         # reusable work buffers of the torch path (sized by the largest input seen);
         # a compressor object is therefore not meant to encode from two threads at once
@@ -55,6 +61,12 @@ class Sparsifier(Compressor):
         if self.count is not None:
             return min(self.count, d)
         return min(d, max(1, math.floor(self.ratio * d + 0.5)))
+
+    def _value_fault(self, payloads: torch.Tensor, numel: int) -> str | None:
+        """The first non-finite of the ``K`` fp32 values at the start of each row."""
+        bad = checks.first_bad(payloads[:, : 4 * self.k(numel)].view(torch.float32),
+                               nonnegative=False)
+        return None if bad is None else f"row {bad[0]}, value {bad[1]} is {bad[2]}"
 
     def _spec_args(self) -> str:
         return repr(self.ratio) if self.ratio is not None else str(self.count)

@@ -5,12 +5,17 @@ biased, contractive compressor: ``||C(x) - x||^2 <= (1 - K/d) ||x||^2``, ``alpha
 ``approx`` selects by a sampled threshold corrected by counting (the DGC idea) and keeps
 the same guarantee (see :mod:`gradpack.kernels.topk` for how far it can be from exact).
 
+Decoding checks every row's ``K`` index fields (in ``[0, d)``, strictly increasing) before
+anything is written, and with ``check_finite`` that its ``K`` values are finite; either
+failure is a :class:`~gradpack.errors.CorruptPayloadError` naming the row.
+
 Wire: ``K`` fp32 values and ``K`` indices of ``ceil(log2 d)`` bits (none when ``d == 1``):
 ``wire_bits = 32 K + K ceil(log2 d)``.
 """
 
 from __future__ import annotations
 
+from gradpack.errors import CorruptPayloadError
 from gradpack.kernels import topk as kt
 
 from .sparse import Sparsifier, parse_count
@@ -47,5 +52,15 @@ class TopK(Sparsifier):
         kt.encode(self.approx, self.k(x.numel()), fusion, x, state, payload, backend,
                   self._scratch)
 
+    def _payload_fault(self, payloads, numel):
+        return self._value_fault(payloads, numel)
+
     def _decode_sum(self, payloads, numel, seeds, out, scale, add, backend) -> None:
-        kt.decode_sum(self.k(numel), payloads, numel, out, scale, add, backend, self.spec)
+        """The kernels validate every row's index fields before they write (always, not
+        only with ``check_finite``); their ``ValueError`` is re-raised typed."""
+        try:
+            kt.decode_sum(self.k(numel), payloads, numel, out, scale, add, backend, self.spec)
+        except CorruptPayloadError:
+            raise
+        except ValueError as e:  # kernels/topk.py check_indices, and its native twin
+            raise CorruptPayloadError(str(e)) from e

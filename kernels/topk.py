@@ -48,6 +48,8 @@ from collections.abc import Callable
 
 import torch
 
+from gradpack.errors import CorruptPayloadError
+
 from .bitpack import words_for
 from .dispatch import Table
 from .fusion import Fusion
@@ -133,14 +135,15 @@ def approx_plan(thresholds: list[int], counts: list[int], d: int,
 
 
 def check_indices(idx: torch.Tensor, d: int, name: str) -> None:
-    """Raise ``ValueError`` naming the first row of ``idx`` ([n, k] int64) whose indices
-    are not strictly increasing in ``[0, d)`` (as every encoder writes them)."""
+    """Raise :class:`~gradpack.errors.CorruptPayloadError` naming the first row of ``idx``
+    ([n, k] int64) whose indices are not strictly increasing in ``[0, d)`` (as every
+    encoder writes them)."""
     bad = ((idx < 0) | (idx >= d)).any(1)
     if idx.shape[1] > 1:
         bad |= (idx[:, 1:] <= idx[:, :-1]).any(1)
     if bool(bad.any()):
         row = int(torch.nonzero(bad)[0])
-        raise ValueError(
+        raise CorruptPayloadError(
             f"{name}: payload row {row} is corrupt: its index fields must strictly increase "
             f"and lie in [0, {d}); nothing was written"
         )
