@@ -40,7 +40,7 @@ def bf16_bits(x):
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed,
+def _encode_kernel(x_ptr, v_ptr, u_ptr, h_ptr, sums_ptr, words_ptr, d, d_f, nh, ncw, seed: tl.int64,
                    levels, bucket, keep, take, gamma, beta,
                    MOMENTUM: tl.constexpr, RESIDUAL: tl.constexpr, UPDATE: tl.constexpr,
                    KIND: tl.constexpr, W: tl.constexpr, G: tl.constexpr,

@@ -21,7 +21,7 @@ def uniform(seed, offs):
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _draw_kernel(seed, out_ptr, n, BLOCK: tl.constexpr):
+def _draw_kernel(seed: tl.int64, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     r0, r1, r2, r3 = tl.randint4x(seed, offs)

@@ -29,7 +29,7 @@ def _bounded(hi, lo, d):
 
 
 @triton.jit(do_not_specialize=["seed", "m"])
-def _draws_kernel(seed, out_ptr, m, d, BLOCK: tl.constexpr):
+def _draws_kernel(seed: tl.int64, out_ptr, m, d, BLOCK: tl.constexpr):
     q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     c0, c1, c2, c3 = tl.randint4x(seed, q)
     tl.store(out_ptr + 2 * q, _bounded(c0, c1, d), mask=2 * q < m)
