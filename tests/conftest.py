@@ -19,6 +19,7 @@ import torch
 import triton_launches
 
 from gradpack.kernels import interpreting, triton_available
+from tests.backends import kernel_backend  # noqa: F401  (the per-backend fixture)
 
 
 def triton_device() -> str | None:

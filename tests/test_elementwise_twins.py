@@ -1,13 +1,12 @@
-"""Triton kernels equal their torch twins bit for bit: payload bytes, decode-and-sum,
-and the fused error-feedback step (state included), for every elementwise compressor."""
+"""Every backend's kernels (Triton, native CPU) equal the torch twin bit for bit: payload
+bytes, decode-and-sum, and the fused error-feedback step (state included), for every
+elementwise compressor."""
 
 import pytest
 import torch
 
 from gradpack.compressors import from_spec
 from gradpack.kernels.fusion import Fusion
-
-pytestmark = pytest.mark.triton
 
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:3:100", "qsgd:255:64",
          "qsgd:1:1", "qsgd:1:64:inf", "qsgd:7:1000:inf"]
@@ -19,14 +18,15 @@ def _x(d, dtype=torch.float32, seed=0):
     return (torch.randn(d, generator=g) * 3).to(dtype)
 
 
-def _pair(spec):
-    return from_spec(spec, backend="triton"), from_spec(spec, backend="torch")
+def _pair(spec, backend):
+    return from_spec(spec, backend=backend), from_spec(spec, backend="torch")
 
 
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("spec", SPECS)
-def test_encode_decode_sum(tdevice, spec, d):
-    ct, cr = _pair(spec)
+def test_encode_decode_sum(kernel_backend, spec, d):
+    backend, tdevice = kernel_backend
+    ct, cr = _pair(spec, backend)
     xs = [_x(d, seed=s) for s in range(3)]
     pr = torch.stack([cr.encode(x, seed=11 + i) for i, x in enumerate(xs)])
     pt = torch.stack([ct.encode(x.to(tdevice), seed=11 + i) for i, x in enumerate(xs)])
@@ -42,8 +42,9 @@ def test_encode_decode_sum(tdevice, spec, d):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("spec", SPECS)
-def test_half_inputs_and_outputs(tdevice, spec, dtype):
-    ct, cr = _pair(spec)
+def test_half_inputs_and_outputs(kernel_backend, spec, dtype):
+    backend, tdevice = kernel_backend
+    ct, cr = _pair(spec, backend)
     x = _x(1000, dtype)
     pr, pt = cr.encode(x, seed=3), ct.encode(x.to(tdevice), seed=3)
     assert torch.equal(pt.cpu(), pr)
@@ -53,8 +54,9 @@ def test_half_inputs_and_outputs(tdevice, spec, dtype):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_non_contiguous(tdevice, spec):
-    ct, cr = _pair(spec)
+def test_non_contiguous(kernel_backend, spec):
+    backend, tdevice = kernel_backend
+    ct, cr = _pair(spec, backend)
     x = _x(2 * 37 * 29).view(37, 58)[:, ::2]  # 37 x 29, strided
     assert not x.is_contiguous()
     assert torch.equal(ct.encode(x.to(tdevice), seed=1).cpu(), cr.encode(x, seed=1))
@@ -74,8 +76,9 @@ FUSIONS = [
 @pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"m{f.momentum}-{f.residual}-{f.update}")
 @pytest.mark.parametrize("spec", ["identity", "bf16", "sign", "ssign", "qsgd:7:128",
                                   "qsgd:1:128:inf"])
-def test_fused_step(tdevice, spec, fusion):
-    ct, cr = _pair(spec)
+def test_fused_step(kernel_backend, spec, fusion):
+    backend, tdevice = kernel_backend
+    ct, cr = _pair(spec, backend)
     d = 2500
     grad = _x(d, seed=4)
     state = {k: _x(d, seed=5 + i) for i, k in enumerate(fusion.state_names())}
@@ -131,11 +134,12 @@ def test_torch_chunking_is_invisible(spec, monkeypatch):
 
 
 @pytest.mark.parametrize("spec", ["qsgd:7:8:inf", "qsgd:3:8", "ssign", "qsgd:1:4:inf"])
-def test_tiny_norms_agree_and_decode_finite(tdevice, spec):
+def test_tiny_norms_agree_and_decode_finite(kernel_backend, spec):
     """Buckets whose norm is subnormal or tiny (``S / n_b`` would overflow) quantize
     through the power-of-two rescaling of format.py in every backend: payloads equal, every
     decoded value finite and within the bucket's norm."""
-    ct, cr = _pair(spec)
+    backend, tdevice = kernel_backend
+    ct, cr = _pair(spec, backend)
     x = torch.tensor([1e-45, -3e-45, 0.0, 2e-44, 1e-40, -5e-39, 1e-30, 0.0,
                       3e-38, -1e-38, 0.0, 0.0, 1.0, -0.5, 0.25, 1e-45])
     for seed in range(8):
