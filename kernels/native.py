@@ -2,15 +2,24 @@
 count, and zero-copy views of torch tensors as numpy arrays.
 
 Threads: each call runs on ``torch.get_num_threads()`` threads, so a DDP worker or a
-torchrun rank that limited torch's threads is not oversubscribed. Compiled code is cached
-on disk (numba ``cache=True``: next to the module when that is writable, else in numba's
-user-wide cache, or ``NUMBA_CACHE_DIR``), so only a process's first call of a
-specialization pays for compiling it, and only on a machine that never compiled it.
+torchrun rank that limited torch's threads is not oversubscribed.
+
+Compiled code is cached on disk (numba ``cache=True``), so only a machine's first call of
+a specialization pays for compiling it. numba keys a cached kernel by its own module's
+source only, not by the helpers it inlines from other modules; so that an edited or
+upgraded helper can never leave a stale kernel behind, the cache lives in a directory
+named by a hash of every native kernel module's source (:func:`cache_dir`, under
+``$XDG_CACHE_HOME`` or ``~/.cache``), unless ``NUMBA_CACHE_DIR`` says otherwise. Importing
+a native kernel module sets numba's cache directory for the process (numba reads it when a
+kernel is defined).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +27,46 @@ import torch
 #: options of every native kernel: no fast-math (the twins round every operation the
 #: same way), numpy's error model (no exception checks in the loops)
 JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy")
+
+
+def cache_dir() -> Path:
+    """Where the native kernels' compiled code is cached: one directory per version of
+    their sources."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*_cpu.py")) + [Path(__file__)]:
+        digest.update(path.name.encode() + path.read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "gradpack" / "numba" / digest.hexdigest()[:16]
+
+
+def _use_cache_dir() -> None:
+    import numba
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # not writable: numba's own default (next to the module, or its cache)
+        return
+    numba.config.CACHE_DIR = str(path)
+
+
+if importlib.util.find_spec("numba") is not None:
+    _use_cache_dir()
+
+#: below this many elements of work a call runs on one thread (a parallel region's start
+#: costs more than it saves)
+PARALLEL_MIN = 1 << 17
+
+
+def threads(work: int) -> None:
+    """:func:`set_threads`, then one thread when ``work`` is below :data:`PARALLEL_MIN`."""
+    import numba
+
+    set_threads()
+    if work < PARALLEL_MIN:
+        numba.set_num_threads(1)
 
 
 def available() -> bool:

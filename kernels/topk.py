@@ -83,14 +83,14 @@ def sample_desc(r: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 
-def _sample_rank(n: int, stride: int, k: int, f: float) -> int:
+def sample_rank(n: int, stride: int, k: int, f: float) -> int:
     """Sample rank above which about ``f * k`` of all elements are expected."""
     return min(n - 1, max(0, math.ceil(k * f / stride) - 1))
 
 
 
 def sample_key(desc: torch.Tensor, stride: int, k: int, f: float) -> int:
-    return int(desc[_sample_rank(desc.numel(), stride, k, f)])
+    return int(desc[sample_rank(desc.numel(), stride, k, f)])
 
 
 
@@ -98,7 +98,7 @@ def sample_thresholds(r: torch.Tensor, k: int) -> torch.Tensor:
     """The threshold mode's candidate thresholds (int32 keys, non-increasing): keys of a
     strided sample of ``r`` at the ranks where ``f * k`` elements are expected above."""
     desc, stride = sample_desc(r)
-    ranks = [_sample_rank(desc.numel(), stride, k, f) for f in FRACTIONS]
+    ranks = [sample_rank(desc.numel(), stride, k, f) for f in FRACTIONS]
     return torch.stack([desc[i] for i in ranks])  # views: no host-to-device copy
 
 
