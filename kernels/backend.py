@@ -47,7 +47,7 @@ def resolve(backend: str, device: torch.device | str) -> str:
     if backend == "auto":
         if device.type == "cuda" and triton_available():
             return "triton"
-        return "torch"  # the native CPU kernels become the default once all of them exist
+        return "cpu" if device.type == "cpu" and native_available() else "torch"
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' requested but the triton package is not installed")

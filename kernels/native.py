@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,33 @@ def array(t: torch.Tensor) -> np.ndarray:
     if t.dtype in _VIEW:
         t = t.view(_VIEW[t.dtype])
     return t.detach().numpy()
+
+
+_POOL: dict[str, object] = {"pool": None, "size": 0, "pid": 0}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's worker threads (re-created after a fork, grown on demand)."""
+    with _POOL_LOCK:
+        if _POOL["pid"] != os.getpid() or _POOL["size"] < workers:
+            if _POOL["pool"] is not None and _POOL["pid"] == os.getpid():
+                _POOL["pool"].shutdown(wait=False)  # type: ignore[attr-defined]
+            _POOL.update(pool=ThreadPoolExecutor(workers, thread_name_prefix="gradpack-cpu"),
+                         size=workers, pid=os.getpid())
+        return _POOL["pool"]  # type: ignore[return-value]
+
+
+def run_blocks(kernel, nblocks: int, grain: int, *args) -> None:
+    """``kernel(b0, b1, *args)`` over ``[0, nblocks)`` cut into one contiguous range per
+    thread (at most ``torch.get_num_threads()``, each at least ``grain`` blocks)."""
+    n = max(1, min(torch.get_num_threads(), nblocks // max(1, grain)))
+    if n == 1:
+        kernel(0, nblocks, *args)
+        return
+    bounds = [nblocks * i // n for i in range(n + 1)]
+    pool = _pool(n - 1)
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, n)]
+    kernel(bounds[0], bounds[1], *args)
+    for f in futures:
+        f.result()
