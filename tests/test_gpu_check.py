@@ -115,7 +115,7 @@ def test_bench_section_records_what_the_budget_left_out(tmp_path):
 @pytest.mark.slow
 def test_pytest_section_runs_the_twin_tests_of_the_checkout():
     assert gpu_check.checkout() is not None
-    node = "tests/test_elementwise_twins.py::test_encode_decode_sum[sign-7]"
+    node = "tests/test_elementwise_twins.py::test_encode_decode_sum[triton-sign-7]"
     (rec,) = gpu_check.pytest_twins("cpu", deadline=time.monotonic() + 300, files=[node])
     assert rec["ok"] and "1 passed" in rec["detail"], rec
     (rec,) = gpu_check.pytest_twins("cpu", deadline=time.monotonic(), files=[node])
