@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import threading
 from pathlib import Path
 
 FORMAT = 1
@@ -154,6 +155,9 @@ def load(path: str | Path) -> dict:
     return doc
 
 
+_LAUNCH_LOCK = threading.RLock()
+
+
 def install() -> None:
     """Patch the interpreter's launch entry point to report to every listening recorder."""
     if _installed:
@@ -166,7 +170,10 @@ def install() -> None:
         if not warmup:
             for recorder in list(_listeners):
                 recorder.record(self, args, kwargs)
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        # the interpreter keeps its grid state in globals: one launch at a time (DDP runs
+        # comm-hook callbacks on another thread; on a GPU the launches are just queued)
+        with _LAUNCH_LOCK:
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = run
     _installed.append(original)
