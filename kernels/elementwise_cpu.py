@@ -41,7 +41,7 @@ from .fusion_cpu import (
     update,
 )
 from .native import JIT, array, run_blocks, set_threads
-from .philox_cpu import block, keys, to_uniform
+from .philox_cpu import draw, keys
 from .treesum import Op, chunk_width
 from .treesum_cpu import chunk_of, finish, sums_of
 
@@ -86,18 +86,6 @@ def header_stats(kind, sums, d, levels, maxnorm, header, tiny, factor, step):
         else:
             factor[b] = levels / (norm * t) if norm > _ZERO else _ZERO
             step[b] = norm / levels
-
-
-@nb.njit(inline="always", **JIT)
-def draw(k0, k1, lo, n, uni):
-    """``uni[0:n]``: the element stream's uniforms of elements ``lo ..`` (``lo % 4 == 0``)."""
-    q0 = lo // 4
-    for t in range((n + 3) // 4):
-        c0, c1, c2, c3 = block(k0, k1, q0 + t)
-        uni[4 * t] = to_uniform(c0)
-        uni[4 * t + 1] = to_uniform(c1)
-        uni[4 * t + 2] = to_uniform(c2)
-        uni[4 * t + 3] = to_uniform(c3)
 
 
 @nb.njit(**JIT)

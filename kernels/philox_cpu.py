@@ -54,29 +54,35 @@ def to_uniform(w):
     return np.float32(x) * _SCALE
 
 
-@nb.njit(inline="always", **JIT)
-def lane(c0, c1, c2, c3, j):
-    """Word ``j`` (0..3) of a block."""
-    if j == 0:
-        return c0
-    if j == 1:
-        return c1
-    if j == 2:
-        return c2
-    return c3
+@nb.njit(**JIT)
+def draw(k0, k1, lo, n, uni):
+    """``uni[0:n]``: the element stream's uniforms of elements ``lo ..`` (``lo % 4 == 0``;
+    ``uni`` holds ``n`` rounded up to a multiple of 4): four lanes a block, no branch, so
+    LLVM vectorizes the Philox rounds."""
+    q0 = lo // LANES
+    for t in range((n + LANES - 1) // LANES):
+        c0, c1, c2, c3 = block(k0, k1, q0 + t)
+        uni[4 * t] = to_uniform(c0)
+        uni[4 * t + 1] = to_uniform(c1)
+        uni[4 * t + 2] = to_uniform(c2)
+        uni[4 * t + 3] = to_uniform(c3)
+
+
+CHUNK = 1 << 14  # elements a task draws (a multiple of LANES)
 
 
 @nb.njit(parallel=True, **JIT)
 def _uniforms(k0, k1, lo, out):
     n = out.shape[0]
-    q0 = lo // LANES
-    nq = (lo + n + LANES - 1) // LANES - q0
-    for t in nb.prange(nq):
-        c0, c1, c2, c3 = block(k0, k1, q0 + t)
-        for j in range(LANES):
-            i = (q0 + t) * LANES + j - lo
-            if 0 <= i < n:
-                out[i] = to_uniform(lane(c0, c1, c2, c3, j))
+    first = lo - lo % LANES  # element of the first block touched
+    nchunks = (lo + n - first + CHUNK - 1) // CHUNK
+    for c in nb.prange(nchunks):
+        start = first + c * CHUNK
+        m = min(CHUNK, lo + n - start)
+        uni = np.empty(CHUNK, dtype=np.float32)
+        draw(k0, k1, start, m, uni)
+        a = max(start, lo)
+        out[a - lo : start + m - lo] = uni[a - start : m]
 
 
 @nb.njit(parallel=True, **JIT)
