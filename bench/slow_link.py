@@ -212,15 +212,6 @@ def _torch_hook(spec: str, world: int):
     raise ValueError(f"unknown PyTorch hook {spec!r}; known: {', '.join(TORCH_HOOKS)}")
 
 
-def _train_api():
-    """gradpack train's model, data and evaluation, so PyTorch's hooks train exactly the
-    same run as gradpack's (one import to update if ``gradpack train`` moves)."""
-    from gradpack.train import data as train_data
-    from gradpack.train import worker as train_worker
-
-    return train_data, train_worker
-
-
 def torch_hook_worker(spec: str, args) -> int:
     """One rank (``torchrun`` environment) of the digits MLP under PyTorch hook ``spec``;
     rank 0 writes ``run.json`` in the shape ``gradpack train`` writes it."""
@@ -228,7 +219,8 @@ def torch_hook_worker(spec: str, args) -> int:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    train_data, train_worker = _train_api()
+    from gradpack.train import worker as train_worker  # gradpack train's model, data, loop
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -254,20 +246,15 @@ def torch_hook_worker(spec: str, args) -> int:
 
     ddp.register_comm_hook(state, timed)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    batches = train_data.Batches(cfg.seed, rank)
-    losses, evals, eval_s = [], [], 0.0
-    t0 = time.perf_counter()
-    for k in range(cfg.steps):
-        x, y = task.batch(batches)
+
+    def step(x, y) -> float:
         loss = task.loss(ddp(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
-            te = time.perf_counter()
-            evals.append({"step": k + 1, "time_s": te - t0 - eval_s, **task.evaluate(model)})
-            eval_s += time.perf_counter() - te
+        return loss.item()
+
+    losses, evals, t0 = train_worker.run_steps(task, model, step)
     wall = time.perf_counter() - t0
     numel = sum(p.numel() for p in model.parameters())
     result = {"label": f"torch:{spec}", "losses": losses, "evals": evals, "params": numel,

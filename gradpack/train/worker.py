@@ -150,24 +150,15 @@ def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
         algorithm = from_spec(name, comp, seed=cfg.seed, **hparams)
     state = gradpack.ddp.register(ddp, algorithm)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    batches = train_data.Batches(cfg.seed, rank)
-    losses, evals = [], []
-    eval_s = 0.0  # evaluation time, left out of the training clock
-    t0 = time.perf_counter()
-    for k in range(cfg.steps):
-        x, y = task.batch(batches)
+
+    def step(x, y) -> float:
         loss = task.loss(ddp(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
-            t_eval = time.perf_counter()
-            evals.append({"step": k + 1, "time_s": t_eval - t0 - eval_s,
-                          **task.evaluate(ddp.module)})
-            eval_s += time.perf_counter() - t_eval
-        if sink is not None:
-            sink(label, k + 1, losses[-1])
+        return loss.item()
+
+    losses, evals, t0 = run_steps(task, ddp.module, step, sink, label)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -189,6 +180,28 @@ def train_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
     }
 
 
+def run_steps(task: Task, model: torch.nn.Module, step: Callable[..., float],
+              sink: Sink | None = None, label: str = "") -> tuple[list, list, float]:
+    """The loop every training run shares: ``cfg.steps`` minibatches through
+    ``step(x, y) -> loss``, and on rank 0 an evaluation of ``model`` every ``eval_every``
+    steps, its time left out of the training clock. Returns ``(losses, evals, t0)``."""
+    cfg, rank = task.cfg, task.rank
+    batches = train_data.Batches(cfg.seed, rank)
+    losses, evals = [], []
+    eval_s = 0.0
+    t0 = time.perf_counter()
+    for k in range(cfg.steps):
+        losses.append(step(*task.batch(batches)))
+        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
+            t_eval = time.perf_counter()
+            evals.append({"step": k + 1, "time_s": t_eval - t0 - eval_s,
+                          **task.evaluate(model)})
+            eval_s += time.perf_counter() - t_eval
+        if sink is not None:
+            sink(label, k + 1, losses[-1])
+    return losses, evals, t0
+
+
 def _peer_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
     """A model per rank, mixed by the averager after each optimizer step (no DDP)."""
     cfg, rank = task.cfg, task.rank
@@ -198,12 +211,11 @@ def _peer_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
         warnings.simplefilter("always")
         averager = ModelAverager(model, name, comp, seed=cfg.seed, **hparams)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    batches = train_data.Batches(cfg.seed, rank)
-    losses, evals, bits_cum = [], [], []
-    eval_s = comm_s = 0.0
-    t0 = time.perf_counter()
-    for k in range(cfg.steps):
-        x, y = task.batch(batches)
+    bits_cum: list[int] = []
+    comm_s = 0.0
+
+    def step(x, y) -> float:
+        nonlocal comm_s
         loss = task.loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,15 +226,10 @@ def _peer_run(task: Task, label: str, spec, sink: Sink | None) -> dict:
         t_comm = time.perf_counter()
         averager.step()
         comm_s += time.perf_counter() - t_comm
-        losses.append(loss.item())
         bits_cum.append(int(averager.ledger.totals()["bits_up"][rank]))
-        if rank == 0 and ((k + 1) % cfg.eval_every == 0 or k + 1 == cfg.steps):
-            t_eval = time.perf_counter()
-            evals.append({"step": k + 1, "time_s": t_eval - t0 - eval_s,
-                          **task.evaluate(model)})
-            eval_s += time.perf_counter() - t_eval
-        if sink is not None:
-            sink(label, k + 1, losses[-1])
+        return loss.item()
+
+    losses, evals, t0 = run_steps(task, model, step, sink, label)
     wall = time.perf_counter() - t0
     averager.ledger.check()
     totals = averager.ledger.totals()
