@@ -10,6 +10,9 @@ import torch
 
 from gradpack.kernels import interpreting, native_available, triton_available
 
+#: the backends that run on CPU tensors without the Triton interpreter
+CPU_BACKENDS = ["torch", "cpu"] if native_available() else ["torch"]
+
 
 def device_for(backend: str) -> str | None:
     """The device ``backend`` runs on here, or ``None``."""

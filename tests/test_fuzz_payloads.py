@@ -27,20 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradpack.compressors import from_spec, names
-from gradpack.kernels.backend import resolve
 from gradpack.kernels.format import Kind
 from gradpack.kernels.fusion import Fusion
+from tests.backends import CPU_BACKENDS
 
-
-def _backends() -> list[str]:
-    try:
-        resolve("cpu", "cpu")
-    except ValueError:
-        return ["torch"]
-    return ["torch", "cpu"]
-
-
-BACKENDS = _backends()
+BACKENDS = CPU_BACKENDS
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:5:8", "qsgd:3:8:inf",
          "topk:0.25", "topk:3:approx", "randk:0.25", "randk:0.25:biased",
          "randk:0.5:qsgd:1:8:inf", "randk:3:ssign"]

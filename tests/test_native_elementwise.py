@@ -17,19 +17,12 @@ from gradpack.kernels import elementwise as ew
 from gradpack.kernels import elementwise_cpu, fusion_cpu
 from gradpack.kernels.fusion import Fusion
 from gradpack.kernels.native import JIT
+from tests.test_elementwise_twins import FUSIONS
 
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:3:100", "qsgd:255:64",
          "qsgd:1:1", "qsgd:1:64:inf", "qsgd:7:1000:inf", "qsgd:4"]
 SIZES = [1, 7, 8, 9, 511, 4097, 3000]
 PLAIN = Fusion()
-FUSIONS = [
-    Fusion(residual="error", gamma=0.1, update="error"),  # EF14
-    Fusion(residual="sub", update="add"),  # EF21
-    Fusion(momentum=1, eta=0.1, residual="sub", update="add"),  # EF21-SGDM
-    Fusion(momentum=2, eta=0.3, residual="sub", update="add"),  # EF21-SGD2M
-    Fusion(residual="sub", update="add", beta=0.25),  # DORE worker
-    Fusion(momentum=1, eta=0.5),  # momentum only
-]
 HALVES = {torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 

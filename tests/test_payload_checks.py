@@ -22,20 +22,11 @@ import torch
 from gradpack.algorithms import from_spec as algorithm
 from gradpack.compressors import from_spec
 from gradpack.errors import CorruptPayloadError, NonFiniteError
-from gradpack.kernels.backend import resolve
 from gradpack.kernels.format import Kind
 from gradpack.kernels.fusion import Fusion
+from tests.backends import CPU_BACKENDS
 
-
-def _backends() -> list[str]:
-    try:
-        resolve("cpu", "cpu")
-    except ValueError:
-        return ["torch"]
-    return ["torch", "cpu"]
-
-
-BACKENDS = _backends()
+BACKENDS = CPU_BACKENDS
 SPECS = ["identity", "fp16", "bf16", "sign", "ssign", "qsgd:7", "qsgd:7:16", "qsgd:3:16:inf",
          "topk:0.1", "topk:0.1:approx", "randk:0.1", "randk:0.1:biased",
          "randk:0.5:qsgd:1:16:inf", "randk:0.3:ssign"]
