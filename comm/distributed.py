@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -33,6 +36,20 @@ def all_gather_into_tensor(out: torch.Tensor, inp: torch.Tensor, group=None,
     ``all_gather_single`` (``all_gather_into_tensor`` before torch 2.13)."""
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     return fn(out, inp, group=group, async_op=async_op)
+
+
+def exit_worker(queue=None) -> NoReturn:
+    """End a spawned worker process whose results are delivered (after its
+    ``destroy_process_group``): flush ``queue`` (a multiprocessing queue), stdout and stderr,
+    then ``os._exit(0)``. Interpreter finalization can abort the process (SIGABRT, "terminate
+    called without an active exception") while gloo's threads still hold objects
+    (pytorch/pytorch#190489, #179291); a worker with nothing left to do skips it."""
+    if queue is not None:
+        queue.close()
+        queue.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def collective_device(group=None, device: torch.device | str = "cpu") -> torch.device:

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from gradpack.algorithms import from_spec
+from gradpack.comm.distributed import exit_worker
 
 
 def free_port() -> int:
@@ -47,11 +48,9 @@ def _entry(rank, fn, world_size, port, out_dir, timeout_s, args):
         result = {"ok": False, "type": type(e).__name__, "error": str(e),
                   "trace": traceback.format_exc()}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    # leave without tearing the process group down: its destructor races with the gloo
-    # threads at interpreter exit (std::terminate), and a peer may be dead on purpose
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # leave without tearing the process group down (a peer may be dead on purpose) and
+    # without interpreter finalization, where gloo's threads can abort the process
+    exit_worker()
 
 
 def run_workers(fn, world_size: int, out_dir, *args, timeout_s: float = 30.0) -> list[dict]:

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from gradpack.algorithms import from_spec
 from gradpack.averaging import ModelAverager
+from gradpack.comm.distributed import exit_worker
 from gradpack.sim.core import simulate
 from gradpack.sim.problems import quadratic
 
@@ -56,6 +57,7 @@ def _worker(rank, port, out_dir):
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    exit_worker()
 
 
 def _free_port():

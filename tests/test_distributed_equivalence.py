@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from gradpack.algorithms import CompressorWarning, PeerAlgorithm, communicate, from_spec, peer_round
 from gradpack.comm import Ledger, ProcessGroupTransport, graphs
+from gradpack.comm.distributed import exit_worker
 from gradpack.comm.p2p import ProcessGroupExchange
 from gradpack.sim.core import simulate
 from gradpack.sim.problems import quadratic
@@ -102,6 +103,7 @@ def _worker(rank, port, out_dir):
         dist.barrier()  # tear gloo down only once every peer is done with it
     finally:
         dist.destroy_process_group()
+    exit_worker()
 
 
 def _free_port():

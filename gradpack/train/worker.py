@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import gradpack.ddp
 from gradpack.algorithms import PeerAlgorithm, from_spec
 from gradpack.averaging import ModelAverager
+from gradpack.comm.distributed import exit_worker
 
 from . import data as train_data
 from . import models as train_models
@@ -289,3 +290,4 @@ def spawn_entry(rank: int, cfg: TrainConfig, port: int, queue) -> None:
         dist.barrier()  # nobody tears down gloo while a peer is still talking to it
     finally:
         dist.destroy_process_group()
+    exit_worker(queue)  # only on success: a raised error reaches the parent as usual
