@@ -60,7 +60,7 @@ from gradpack.errors import CorruptPayloadError, NonFiniteError
 from gradpack.kernels.backend import check_backend, resolve
 from gradpack.kernels.fusion import PLAIN, Fusion, check_state
 
-from . import checks
+from . import checks, faults
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALIGN = 8  # payload bytes are a multiple of this
@@ -71,11 +71,18 @@ def aligned_bytes(bits: int) -> int:
     return -(-bits // (8 * ALIGN)) * ALIGN
 
 
-def _all_finite(x: torch.Tensor) -> bool:
-    """No inf or nan in ``x``: nan propagates into min and max, +-inf shows in them (one
-    reduction pass, an order of magnitude cheaper than ``isfinite(x).all()`` on CPU)."""
+def _nonfinite(x: torch.Tensor) -> torch.Tensor:
+    """Device flag: ``x`` holds inf or nan (nan propagates into min and max, +-inf shows in
+    them: one reduction pass, an order of magnitude cheaper than ``isfinite(x).all()`` on
+    CPU)."""
     lo, hi = torch.aminmax(x)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+    return ~(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    # the one host read of an immediate encode (a device sync on a GPU): a non-finite input
+    # must raise before any state is written; faults.deferred() records the flag instead
+    return not bool(_nonfinite(x))
 
 
 class Compressor(ABC):
@@ -143,11 +150,16 @@ class Compressor(ABC):
         if checks.overlap(payload, x):
             raise ValueError(f"{self.spec}: out shares memory with the input")
         backend = resolve(self.backend, x.device)
-        if self.check_finite and not _all_finite(x):
-            raise NonFiniteError(
-                f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
-                "and no state was changed"
-            )
+        if self.check_finite:
+            deferred = faults.current()
+            if deferred is not None:
+                deferred.flag(_nonfinite(x), lambda: NonFiniteError(
+                    f"{self.spec}: input has non-finite values (inf/nan)"))
+            elif not _all_finite(x):
+                raise NonFiniteError(
+                    f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
+                    "and no state was changed"
+                )
         with torch.no_grad():  # state may require grad; its update is not differentiable
             self._encode(fusion, x, state, seed, payload, backend)
         return payload
@@ -200,13 +212,28 @@ class Compressor(ABC):
         if checks.overlap(out, payloads):
             raise ValueError(f"{self.spec}: out shares memory with the payloads")
         if self.check_finite:
+            self._check_payloads(payloads, numel)
+        with torch.no_grad():
+            self._decode_sum(payloads, numel, seeds, out, scale, add, backend)
+        return out
+
+    def _check_payloads(self, payloads: torch.Tensor, numel: int) -> None:
+        """:meth:`_payload_fault` at once (one host read), or as a flag of the deferred
+        checks (:mod:`.faults`: its :func:`~.checks.first_bad` calls record, not read)."""
+        deferred = faults.current()
+        if deferred is None:
             fault = self._payload_fault(payloads, numel)
             if fault is not None:
                 raise CorruptPayloadError(
                     f"{self.spec}: corrupt payload: {fault}; nothing was written")
-        with torch.no_grad():
-            self._decode_sum(payloads, numel, seeds, out, scale, add, backend)
-        return out
+            return
+        probe = faults.Faults()
+        with probe.deferred():
+            self._payload_fault(payloads, numel)
+        bad = probe.any()
+        if bad is not None:
+            deferred.flag(bad, lambda: CorruptPayloadError(
+                f"{self.spec}: corrupt payload: {self._payload_fault(payloads, numel)}"))
 
     # -- for subclasses -------------------------------------------------------------------
     @abstractmethod

@@ -16,6 +16,8 @@ import torch
 
 from gradpack.kernels.philox import check_seed
 
+from . import faults
+
 #: the largest finite float32
 FP32_MAX = struct.unpack("f", struct.pack("I", 0x7F7FFFFF))[0]
 
@@ -102,12 +104,18 @@ def first_bad(values: torch.Tensor, nonnegative: bool) -> tuple[int, int, float]
     finite (or is negative, with ``nonnegative``), or ``None``.
 
     One reduction pass (``aminmax``: nan propagates into both, +-inf shows in them) and one
-    host read of its flag; the position is searched for only when something is wrong."""
+    host read of its flag; the position is searched for only when something is wrong.
+    Inside :meth:`.faults.Faults.deferred` the flag is recorded instead and ``None``
+    returned."""
     if values.numel() == 0:
         return None
     lo, hi = torch.aminmax(values)
-    ok = (lo >= 0) if nonnegative else torch.isfinite(lo)
-    if bool(ok & torch.isfinite(hi)):  # the one host read (a device sync on a GPU)
+    ok = ((lo >= 0) if nonnegative else torch.isfinite(lo)) & torch.isfinite(hi)
+    deferred = faults.current()
+    if deferred is not None:  # recorded, not read: the caller reports it (compressors.faults)
+        deferred.flag(~ok, lambda: ValueError("a payload field is not finite"))
+        return None
+    if bool(ok):  # the one host read (a device sync on a GPU)
         return None
     v = values.float()
     bad = ~torch.isfinite(v)

@@ -122,7 +122,7 @@ def apply_state_dict(state, sd: dict) -> None:
         state.ledger.load_state_dict(sd["ledger"])
     state.stats.load(sd.get("stats") or {})
     state.failed = None
-    state._started = -1
+    state.round = None
     known = range(len(state.param_numels))
     if known:
         state._check_loaded_numels(list(known))

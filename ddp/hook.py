@@ -27,15 +27,22 @@ an all-reduce inside a callback and deadlocks on gloo once a model has two bucke
 """
 
 import time
-import warnings
 
 import torch
 
 from gradpack.comm.distributed import check_same_config
 from gradpack.comm.ledger import record_round
-from gradpack.errors import HookStateError, NonFiniteGradientError, PeerFailureError
+from gradpack.compressors.base import _nonfinite
+from gradpack.compressors.faults import Faults
+from gradpack.errors import (
+    HookStateError,
+    NonFiniteError,
+    NonFiniteGradientError,
+    PeerFailureError,
+)
 
 from .checks import (
+    FLAG_FAILED,
     FLAG_NONFINITE,
     HEADER_BYTES,
     check_headers,
@@ -43,6 +50,7 @@ from .checks import (
     read_headers,
     write_header,
 )
+from .round import Round
 from .state import HookState
 
 
@@ -72,13 +80,14 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
         )
     buf = bucket.buffer()
     state.bind_group(buf.device)
-    if state._started != state.step:  # first bucket of a step: every callback of the last
-        if state.failed is not None:  # step has run on every rank, so all ranks agree here
+    rnd = state.round
+    if rnd is None or rnd.step != state.step or rnd.closed:  # the step's first bucket: the
+        if state.failed is not None:  # last step's round has closed on every rank
             raise HookStateError(
                 f"gradpack.ddp (rank {state.rank}): the hook failed earlier ({state.failed}); "
                 "its state is inconsistent across ranks: load a checkpoint "
                 "(state.load_state_dict) before training on")
-        state._started = state.step
+        rnd = state.round = Round(state.step, state.spares)
     alg, rank = state.algorithm, state.rank
     params = bucket.parameters()
     fresh = not state.checked and any(id(p) not in state._index for p in params)
@@ -94,22 +103,23 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
     step, where = state.step, f"bucket {bucket.index()} ({_names(state, idx)})"
     t0 = time.perf_counter()
     pieces = state.units.plan(idx, numels, buf.device)
+    for pc in pieces:
+        rnd.snapshot(pc.unit)
     sizes = [alg.payload_bytes(pc.unit.numel, step) for pc in pieces]
-    send = torch.zeros(HEADER_BYTES + sum(sizes), dtype=torch.uint8, device=buf.device)
+    send = torch.empty(HEADER_BYTES + sum(sizes), dtype=torch.uint8, device=buf.device)
     grads = _bucket_grads(buf, pieces)
-    finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-    snapshot = None
-    if finite:
-        if state.nonfinite == "skip":
-            snapshot = [{k: v.clone() for k, v in pc.unit.state.items()
-                         if isinstance(v, torch.Tensor)} for pc in pieces]
-        off = HEADER_BYTES
+    nonfinite = torch.stack([_nonfinite(g) for g in grads]).any()
+    off, local = HEADER_BYTES, Faults()
+    with local.deferred():  # no host reads: what the checks find travels in the header
         for pc, g, size in zip(pieces, grads, sizes, strict=True):
             alg.worker_step(pc.unit.state, g, step=step, rank=rank, stream=pc.unit.stream,
                             out=send[off:off + size])
             off += size
-    write_header(send, step, layout_crc(idx), 0 if finite else FLAG_NONFINITE)
+    failed = local.any()  # the worker step's own checks (its input, what it produced)
+    write_header(send, step, layout_crc(idx), nonfinite, failed if failed is not None
+                 else torch.zeros((), dtype=torch.bool, device=buf.device))
     t1 = time.perf_counter()
+    fut, faults = rnd.add_bucket(buf)
     with state._lock:
         record_round(state.ledger, step, [rank],
                      up=[(8 * HEADER_BYTES, HEADER_BYTES)] + [
@@ -127,38 +137,90 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
     if bucket.is_last():
         state.step += 1
 
-    def finish(f: torch.futures.Future) -> torch.Tensor:
+    def finish(f: torch.futures.Future) -> None:
         t2 = time.perf_counter()
+        error = None
         try:
             rows = f.wait()
         except Exception as e:  # noqa: BLE001 - re-raised with where and why
             state.failed = f"all-gather of {where} at step {step} failed"
-            raise _peer_failure(rank, where, step, e) from e
-        bad = check_headers(read_headers(rows), bucket=bucket.index(), names=where,
-                            world_rank=rank)
-        if bad:
-            return _nonfinite(state, bad, where, step, pieces, snapshot, buf)
-        t3 = time.perf_counter()
-        off = HEADER_BYTES
-        for pc, size in zip(pieces, sizes, strict=True):
-            payloads = rows[:, off:off + size]
-            off += size
-            if pc.contiguous and buf.dtype == torch.float32:
-                a, m = pc.runs[0]
-                alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream,
-                              out=buf[a:a + m])
-                continue
-            direction = alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream)
-            pos = 0
-            for a, m in pc.runs:
-                buf[a:a + m].copy_(direction[pos:pos + m])
-                pos += m
-        with state._lock:
-            state.stats.comm_s += t2 - t1
-            state.stats.decode_s += time.perf_counter() - t3
-        return buf
+            error = _peer_failure(rank, where, step, e)
+        else:
+            _check_rows(state, rows, send, faults, bucket.index(), where, step, rnd)
+            t3 = time.perf_counter()
+            with faults.deferred():
+                _aggregate(alg, pieces, sizes, rows, buf, step)
+            faults.flag(_nonfinite(buf), lambda: NonFiniteError(
+                f"gradpack.ddp (rank {rank}): the direction of {where} at step {step} is not "
+                "finite (the aggregate overflowed float32); every rank's state is unchanged"))
+            with state._lock:
+                state.stats.comm_s += t2 - t1
+                state.stats.decode_s += time.perf_counter() - t3
+        if rnd.finished(error):
+            rnd.close(state)
 
-    return pending.get_future().then(finish)
+    pending.get_future().then(finish)
+    if bucket.is_last() and rnd.last_issued():
+        rnd.close(state)
+    return fut
+
+
+def _flagged(rows: torch.Tensor, flag: int) -> torch.Tensor:
+    """Per row: the header's flags word has ``flag`` set (little-endian: its low byte)."""
+    return (rows[:, 12] & flag).ne(0)
+
+
+def _check_rows(state, rows, send, faults: Faults, index, where, step, rnd) -> None:
+    """The peers' headers, as flags: the same step and layout as this rank's (else
+    :class:`HeaderMismatchError`), finite gradients (else :class:`NonFiniteGradientError`)."""
+    faults.flag((rows[:, :12] != send[:12]).any(), lambda: _mismatch(rows, index, where, state))
+    bad_rows, failed_rows = _flagged(rows, FLAG_NONFINITE), _flagged(rows, FLAG_FAILED)
+
+    def ranks(flagged=bad_rows) -> list[int]:
+        return flagged.nonzero().flatten().tolist()
+
+    rnd.skips.append((where, ranks))
+
+    def nonfinite() -> NonFiniteGradientError:
+        what = (f"non-finite gradient (inf/nan) in {where} at step {step} on rank(s) "
+                f"{', '.join(map(str, ranks()))}")
+        err = NonFiniteGradientError(
+            f"gradpack.ddp (rank {state.rank}): {what}; every rank's state is as before the "
+            "step: skip this batch (optimizer.zero_grad()) and train on, or register with "
+            "nonfinite='skip' to do that automatically")
+        err.what = what
+        return err
+
+    faults.flag(bad_rows.any(), nonfinite)
+    faults.flag(failed_rows.any(), lambda: NonFiniteError(
+        f"gradpack.ddp (rank {state.rank}): the worker step of {where} at step {step} failed "
+        f"its checks on rank(s) {', '.join(map(str, ranks(failed_rows)))} (a non-finite or "
+        "overflowing value); every rank's state is as before the step"))
+
+
+def _mismatch(rows, index, where, state) -> Exception:
+    try:
+        check_headers(read_headers(rows), bucket=index, names=where, world_rank=state.rank)
+    except Exception as e:  # noqa: BLE001 - the error to raise
+        return e
+    return RuntimeError(f"gradpack.ddp (rank {state.rank}): headers of {where} disagree")
+
+
+def _aggregate(alg, pieces, sizes, rows, buf, step) -> None:
+    off = HEADER_BYTES
+    for pc, size in zip(pieces, sizes, strict=True):
+        payloads = rows[:, off:off + size]
+        off += size
+        if pc.contiguous and buf.dtype == torch.float32:
+            a, m = pc.runs[0]
+            alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream,
+                          out=buf[a:a + m])
+            continue
+        direction = alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream)
+        pos = 0
+        for a, m in pc.runs:
+            buf[a:a + m].copy_(direction[pos:pos + m])
+            pos += m
 
 
 def _peer_failure(rank, where, step, err) -> PeerFailureError:
@@ -166,24 +228,3 @@ def _peer_failure(rank, where, step, err) -> PeerFailureError:
         f"gradpack.ddp (rank {rank}): the all-gather of {where} at step {step} failed; a peer "
         f"process probably died or stopped answering within the process-group timeout: {err}"
     )
-
-
-def _nonfinite(state, bad, where, step, pieces, snapshot, buf) -> torch.Tensor:
-    ranks = ", ".join(map(str, bad))
-    what = (f"non-finite gradient (inf/nan) in {where} at step {step} on rank(s) {ranks}")
-    if state.nonfinite == "raise":
-        state.failed = what
-        raise NonFiniteGradientError(
-            f"gradpack.ddp (rank {state.rank}): {what}; policy 'raise' (register(..., "
-            "nonfinite='skip') zeroes the step instead and keeps the error-feedback state)"
-        )
-    if snapshot is not None:  # this rank ran its worker step: undo it
-        for pc, saved in zip(pieces, snapshot, strict=True):
-            for k, v in saved.items():
-                pc.unit.state[k].copy_(v)
-    with state._lock:
-        state.stats.add_skipped((step, where, bad))
-    warnings.warn(f"gradpack.ddp (rank {state.rank}): {what}; step skipped for this bucket "
-                  "(zero direction, error-feedback state unchanged)", RuntimeWarning,
-                  stacklevel=1)
-    return buf.zero_()

@@ -120,7 +120,8 @@ class HookState:
         self.step = 0
         self.units = UnitTable(self._init_state)
         self.failed: str | None = None
-        self._started = -1  # the step whose first bucket the hook has seen
+        self.round = None  # the step in flight (.round.Round)
+        self.spares: dict = {}  # id(unit) -> (unit, snapshot buffers), see .round
         # stats
         self.ledger = ledger
         self.stats = HookStats(ledger=ledger)
@@ -237,7 +238,8 @@ class HookState:
     # -- pickling without the process group -----------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("process_group", "_lock", "_index", "transport", "names_by_id"):
+        for key in ("process_group", "_lock", "_index", "transport", "names_by_id", "round",
+                    "spares"):
             state.pop(key, None)
         return state
 
@@ -247,4 +249,5 @@ class HookState:
         self._lock = threading.Lock()
         self._index, self.names_by_id = {}, {}
         self.transport = None  # rebinds (checking rank and world size) when registered again
+        self.round, self.spares = None, {}
         self.param_names, self.param_numels, self.binding_step = [], [], None

@@ -2,9 +2,11 @@
 runs (on CPU tensors under ``TRITON_INTERPRET=1``, each counting what would stall a CUDA
 stream; see :mod:`tests.host_syncs`).
 
-Targets: 0 per elementwise encode / fused step / decode / decode-and-sum (the finite check
-included: it travels as a device flag), 0 per Random-K encode and decode-and-sum, at most 1
-per Top-K encode and 0 per Top-K decode-and-sum, at most 1 per DDP step (not per bucket).
+Targets: 0 per elementwise encode / fused step / decode / decode-and-sum with the checks
+deferred (``compressors.faults``: the finite and payload checks as device flags, as the DDP
+hook runs them; a call on its own reads its one flag so that it can raise before it writes),
+0 per Random-K encode and decode-and-sum, at most 1 per Top-K encode, and 1 per DDP step
+(not per bucket). Top-K's decode still reads once to validate its index fields.
 Each count is taken on the second call, after a warm-up call (compiles, scratch buffers).
 A failure lists the op and the call site of every sync.
 """
@@ -22,6 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import gradpack.ddp
 from gradpack.algorithms import from_spec as algorithm_from_spec
 from gradpack.compressors import from_spec
+from gradpack.compressors.faults import Faults
+from gradpack.errors import CorruptPayloadError, NonFiniteError
 from gradpack.kernels.fusion import Fusion
 from tests.host_syncs import count_host_syncs
 
@@ -210,12 +214,52 @@ def test_elementwise_encode_and_steps_do_not_sync(tdevice, spec, op):
 
 @pytest.mark.parametrize("op", ["encode", "ef21"])
 @pytest.mark.parametrize("spec", [*ELEMENTWISE, *RANDK, "topk:0.01"])
-def test_the_finite_check_is_the_one_sync_left(tdevice, spec, op):
-    """Issue 11 wants the finite check to travel as a device flag; it is still one host
-    read of the input's min and max per encode (kept: it is what lets a non-finite input
-    raise before any state is written). Nothing else syncs."""
+def test_an_immediate_finite_check_is_the_one_sync(tdevice, spec, op):
+    """Called on its own, an encode reads one flag (its input's min and max finite): the
+    check that lets a non-finite input raise before any state is written. Nothing else."""
     c = from_spec(spec, backend="triton")
     _only(_count(_op(c, op, tdevice)), ["_all_finite"], f"{spec} {op}")
+
+
+@pytest.mark.parametrize("op", ["encode", "ef21", "ef14", "decode", "decode_sum"])
+@pytest.mark.parametrize("spec", [*ELEMENTWISE, *RANDK])
+def test_deferred_checks_do_not_sync(tdevice, spec, op):
+    """Inside ``Faults().deferred()`` (what the DDP hook runs its buckets in) the finite and
+    payload checks are device flags: no host read until ``raise_first``, which reads them
+    all at once."""
+    c = from_spec(spec, backend="triton")
+    call = _op(c, op, tdevice)
+    faults = Faults()
+
+    def deferred():
+        with faults.deferred():
+            call()
+
+    _check(_count(deferred), 0, f"{spec} {op} (deferred)")
+    assert len(faults) > 0, "the checks were not recorded"
+    with count_host_syncs() as syncs:
+        faults.raise_first()
+    _only(syncs, ["raise_first"], f"{spec} {op}: reading the deferred checks")
+
+
+def test_deferred_checks_raise_what_the_immediate_ones_raise(tdevice):
+    """The same error type and message, from the flags, after the call has run."""
+    c = from_spec("qsgd:7", backend="triton")
+    x = _x(tdevice)
+    x[17] = float("nan")
+    faults = Faults()
+    with faults.deferred():
+        c.encode(x, seed=1)
+    with pytest.raises(NonFiniteError, match="qsgd:7:512: input has non-finite values"):
+        faults.raise_first()
+    payload = c.encode(_x(tdevice), seed=1)
+    payload[:4].view(torch.float32)[0] = float("inf")  # the first bucket's norm
+    with faults.deferred():
+        c.decode(payload, D, seed=1)
+    with pytest.raises(CorruptPayloadError, match="row 0, bucket 0 norm is inf"):
+        faults.raise_first()
+    with pytest.raises(CorruptPayloadError, match="row 0, bucket 0 norm is inf"):
+        c.decode(payload, D, seed=1)
 
 
 @pytest.mark.parametrize("op", ["decode", "decode_sum"])
@@ -290,11 +334,10 @@ class TwoBuckets(nn.Module):
         return ((x @ self.w).tanh() @ self.v).square().sum()
 
 
-@pytest.mark.parametrize("spec", ["sign", "randk:0.1"])
-def test_ddp_step_syncs_once_per_check_per_bucket(tdevice, one_rank_gloo, spec):
-    """Issue 11 wants at most 1 per step; the hook still reads, per bucket, its finite check
-    (hook and compressor), the peers' headers and the payload check: 4 per bucket, pinned
-    here so that no more creep in."""
+@pytest.mark.parametrize("spec", ["sign", "randk:0.1", "qsgd:7"])
+def test_ddp_step_syncs_once(tdevice, one_rank_gloo, spec):
+    """Two buckets, one host read per step: the step's checks (headers, finite gradients,
+    payloads, finite directions) are flags read together when its last bucket closes."""
     model = TwoBuckets().to(tdevice)
     ddp = DDP(model, bucket_cap_mb=100 / 2**20)  # 100 bytes: one parameter per bucket
     with warnings.catch_warnings():
@@ -313,5 +356,4 @@ def test_ddp_step_syncs_once_per_check_per_bucket(tdevice, one_rank_gloo, spec):
     before = state.stats.collectives
     syncs = _count(step)
     assert state.stats.collectives - before == 4, "expected 2 buckets per step"
-    _only(syncs, ["gradpack_hook", "_all_finite", "read_headers", "first_bad"] * 2,
-          f"DDP step, ef21 {spec}, 2 buckets")
+    _only(syncs, ["raise_first"], f"DDP step, ef21 {spec}, 2 buckets")

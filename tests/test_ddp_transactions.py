@@ -1,0 +1,86 @@
+"""A failed DDP step leaves every rank as it was, and training goes on on the same model.
+
+The hook reads its checks once per step, when the step's last bucket closes (ddp/round.py):
+a non-finite gradient on one rank fails the step on every rank, naming that rank, with
+every rank's worker and server state, step counter and parameters exactly as before the
+step; the advised recovery (skip the batch, train on) then gives the iterates of a run that
+never saw that batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import gradpack.ddp
+from gradpack.algorithms import from_spec
+from tests.ddp_support import run_workers, values
+from tests.test_ddp import batch, flat_params, mlp
+
+pytestmark = pytest.mark.distributed
+
+BAD_STEP = 3
+BATCHES = [0, 1, 2, 4, 5]  # what the recovered run trains on: batch 3 was skipped
+
+
+def _tensors(sd: dict) -> list[torch.Tensor]:
+    return [v.clone() for u in sd["units"] for v in u["state"].values()
+            if isinstance(v, torch.Tensor)]
+
+
+def _step(ddp, opt, rank, k, poison=False):
+    x, y = batch(rank, k)
+    if poison:
+        x[0, 0] = float("inf")
+    loss = ((ddp(x) - y) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _model(spec, alg_name):
+    ddp = DDP(mlp(), bucket_cap_mb=300 / 2**20)  # several buckets
+    state = gradpack.ddp.register(ddp, from_spec(alg_name, spec, seed=3))
+    return ddp, state, torch.optim.SGD(ddp.parameters(), lr=0.05)
+
+
+def _fail_and_recover(rank, n, spec, alg_name):
+    ddp, state, opt = _model(spec, alg_name)
+    for k in BATCHES[:BAD_STEP]:
+        _step(ddp, opt, rank, k)
+    before = _tensors(state.state_dict())
+    params, step = flat_params(ddp.module), state.step
+    try:
+        _step(ddp, opt, rank, BAD_STEP, poison=rank == 1)
+        error = "no error"
+    except Exception as e:  # noqa: BLE001 - the test reads it
+        error = f"{type(e).__name__}: {e}"
+    after = _tensors(state.state_dict())
+    out = {"error": error, "step_same": state.step == step,
+           "params_same": torch.equal(params, flat_params(ddp.module)),
+           "state_same": len(before) == len(after) and all(
+               torch.equal(a, b) for a, b in zip(before, after, strict=True))}
+    for k in BATCHES[BAD_STEP:]:  # the advice: skip the batch, train on
+        _step(ddp, opt, rank, k)
+    out["recovered"] = flat_params(ddp.module)
+    ddp, state, opt = _model(spec, alg_name)  # a run that never saw the bad batch
+    for k in BATCHES:
+        _step(ddp, opt, rank, k)
+    out["reference"] = flat_params(ddp.module)
+    return out
+
+
+@pytest.mark.parametrize("alg_name,spec", [("ef21", "topk:0.1"), ("ef21-sgdm", "qsgd:15"),
+                                           ("dore", "qsgd:15")])
+def test_a_failed_step_changes_nothing_and_training_goes_on(tmp_path, alg_name, spec):
+    results = values(run_workers(_fail_and_recover, 2, tmp_path, spec, alg_name))
+    for rank, out in enumerate(results):
+        # DDP re-raises a hook's error as a RuntimeError carrying its type and message
+        assert "NonFiniteGradientError: gradpack.ddp" in out["error"], out["error"]
+        assert "on rank(s) 1;" in out["error"] and f"(rank {rank})" in out["error"]
+        assert f"at step {BAD_STEP}" in out["error"]
+        assert out["state_same"], f"rank {rank}: state moved"
+        assert out["params_same"] and out["step_same"]
+        assert torch.equal(out["recovered"], out["reference"]), f"rank {rank}"
+    assert torch.equal(results[0]["recovered"], results[1]["recovered"])
