@@ -50,7 +50,7 @@ def read_headers(gathered: torch.Tensor) -> list[tuple[int, int, int]]:
     return out
 
 
-def check_headers(headers, *, bucket: int, names: str, world_rank: int) -> list[int]:
+def check_headers(headers, *, names: str, world_rank: int) -> list[int]:
     """Raise :class:`HeaderMismatchError` on step/layout disagreement; return the ranks
     whose gradients were non-finite."""
     steps = {h[0] for h in headers}
@@ -59,7 +59,7 @@ def check_headers(headers, *, bucket: int, names: str, world_rank: int) -> list[
         per_rank = ", ".join(f"rank {r}: step {s}, layout {c:08x}"
                              for r, (s, c, _) in enumerate(headers))
         raise HeaderMismatchError(
-            f"gradpack.ddp (rank {world_rank}): bucket {bucket} ({names}) is not the same "
+            f"gradpack.ddp (rank {world_rank}): {names} is not the same "
             f"collective on every rank ({per_rank}); ranks must run the same steps with the "
             "same model"
         )

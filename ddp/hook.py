@@ -1,17 +1,26 @@
-"""The comm hook: one algorithm step per gradient bucket, one async all-gather per bucket.
+"""The comm hook: the algorithm steps its compression units as DDP's buckets arrive, one async
+all-gather per bucket, and the step's checks are read once, when its last bucket closes.
 
 Hook body (on the autograd thread, in DDP's bucket order, the same on every rank)::
 
-    units     = the compression units tiling this bucket (layout.py)
+    ready     = the units this bucket completes (layout.py: usually exactly the bucket)
+    snapshot every ready unit's state                                  (round.py)
     payload_u = alg.worker_step(unit.state, grad_u, step=k, rank=r, stream=unit.stream)
     send      = header (16 bytes: step, layout CRC, flags) + payload_1 + ... + payload_m
     future    = transport.all_gather(send, async_op=True)      # gradpack.comm; the only collective
+    return the bucket's gated future                            # opened when the step closes
 
 Callback (``future.then``, compute only, never a collective)::
 
-    check every rank's header (same step, same layout, finite gradients)
+    flag every rank's header (same step, same layout, finite gradient, worker step ok)
     direction_u = alg.aggregate(unit.state, gathered[:, slice_u], step=k, stream=unit.stream)
-    bucket.buffer()[slice_u] = direction_u          (cast to the bucket's dtype)
+    the bucket slices of unit u = direction_u       (cast to the bucket's dtype), flagged if
+                                                     not finite
+    the last callback of the step: read every flag at once; commit, or restore every
+    snapshot and fail (or skip) the step on every rank                  (round.py)
+
+No call in the body or the callbacks reads the device (the compressors' checks run deferred,
+:mod:`gradpack.compressors.faults`): one host read per step, not per bucket.
 
 The first time the hook runs, the state binds itself (:mod:`.state`): to the process group
 (rank, world size, the :class:`~gradpack.comm.ProcessGroupTransport` that sends and records
@@ -54,17 +63,6 @@ from .round import Round
 from .state import HookState
 
 
-def _bucket_grads(buf: torch.Tensor, pieces) -> list[torch.Tensor]:
-    out = []
-    for pc in pieces:
-        if pc.contiguous:
-            a, n = pc.runs[0]
-            out.append(buf[a:a + n])
-        else:
-            out.append(torch.cat([buf[a:a + n] for a, n in pc.runs]))
-    return out
-
-
 def _names(state: HookState, params) -> str:
     names = [state.param_names[p] for p in params]
     return ", ".join(names[:3]) + (f", ... ({len(names)} parameters)" if len(names) > 3 else "")
@@ -88,7 +86,7 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
                 "its state is inconsistent across ranks: load a checkpoint "
                 "(state.load_state_dict) before training on")
         rnd = state.round = Round(state.step, state.spares)
-    alg, rank = state.algorithm, state.rank
+    rank = state.rank
     params = bucket.parameters()
     fresh = not state.checked and any(id(p) not in state._index for p in params)
     idx = state.positions(params, bucket.index())
@@ -101,13 +99,29 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
         raise RuntimeError(f"gradpack.ddp (rank {rank}): bucket {bucket.index()} buffer has "
                            f"{buf.numel()} elements, its parameters {sum(numels)}")
     step, where = state.step, f"bucket {bucket.index()} ({_names(state, idx)})"
+    fut = rnd.add_bucket(buf)
     t0 = time.perf_counter()
-    pieces = state.units.plan(idx, numels, buf.device)
+    state.units.bind(idx, params, buf.device, state.bucket_limits)
+    pieces = state.units.collect(rnd.arrived, idx, numels, buf)
+    if pieces:
+        _send(state, rnd, pieces, step, where, t0)
+    if bucket.is_last():
+        state.step += 1
+        if rnd.last_issued():
+            rnd.close(state)
+    return fut
+
+
+def _send(state: HookState, rnd: Round, pieces, step: int, where: str, t0: float) -> None:
+    """Step the units this bucket completes, all-gather their payloads behind one header,
+    and aggregate them when it arrives."""
+    alg, rank = state.algorithm, state.rank
     for pc in pieces:
         rnd.snapshot(pc.unit)
+    device = pieces[0].runs[0][0].device
     sizes = [alg.payload_bytes(pc.unit.numel, step) for pc in pieces]
-    send = torch.empty(HEADER_BYTES + sum(sizes), dtype=torch.uint8, device=buf.device)
-    grads = _bucket_grads(buf, pieces)
+    send = torch.empty(HEADER_BYTES + sum(sizes), dtype=torch.uint8, device=device)
+    grads = [pc.grad() for pc in pieces]
     nonfinite = torch.stack([_nonfinite(g) for g in grads]).any()
     off, local = HEADER_BYTES, Faults()
     with local.deferred():  # no host reads: what the checks find travels in the header
@@ -116,10 +130,11 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
                             out=send[off:off + size])
             off += size
     failed = local.any()  # the worker step's own checks (its input, what it produced)
-    write_header(send, step, layout_crc(idx), nonfinite, failed if failed is not None
-                 else torch.zeros((), dtype=torch.bool, device=buf.device))
+    units = [p for pc in pieces for p in pc.unit.params]
+    write_header(send, step, layout_crc(units), nonfinite, failed if failed is not None
+                 else torch.zeros((), dtype=torch.bool, device=device))
     t1 = time.perf_counter()
-    fut, faults = rnd.add_bucket(buf)
+    faults = rnd.add_collective()
     with state._lock:
         record_round(state.ledger, step, [rank],
                      up=[(8 * HEADER_BYTES, HEADER_BYTES)] + [
@@ -134,8 +149,6 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
             raise _peer_failure(rank, where, step, e) from e
         state.stats.encode_s += t1 - t0
         state.stats.collectives += 1
-    if bucket.is_last():
-        state.step += 1
 
     def finish(f: torch.futures.Future) -> None:
         t2 = time.perf_counter()
@@ -146,13 +159,10 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
             state.failed = f"all-gather of {where} at step {step} failed"
             error = _peer_failure(rank, where, step, e)
         else:
-            _check_rows(state, rows, send, faults, bucket.index(), where, step, rnd)
+            _check_rows(state, rows, send, faults, where, step, rnd)
             t3 = time.perf_counter()
             with faults.deferred():
-                _aggregate(alg, pieces, sizes, rows, buf, step)
-            faults.flag(_nonfinite(buf), lambda: NonFiniteError(
-                f"gradpack.ddp (rank {rank}): the direction of {where} at step {step} is not "
-                "finite (the aggregate overflowed float32); every rank's state is unchanged"))
+                _aggregate(alg, pieces, sizes, rows, step, faults, where, rank)
             with state._lock:
                 state.stats.comm_s += t2 - t1
                 state.stats.decode_s += time.perf_counter() - t3
@@ -160,9 +170,6 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
             rnd.close(state)
 
     pending.get_future().then(finish)
-    if bucket.is_last() and rnd.last_issued():
-        rnd.close(state)
-    return fut
 
 
 def _flagged(rows: torch.Tensor, flag: int) -> torch.Tensor:
@@ -170,10 +177,10 @@ def _flagged(rows: torch.Tensor, flag: int) -> torch.Tensor:
     return (rows[:, 12] & flag).ne(0)
 
 
-def _check_rows(state, rows, send, faults: Faults, index, where, step, rnd) -> None:
+def _check_rows(state, rows, send, faults: Faults, where, step, rnd) -> None:
     """The peers' headers, as flags: the same step and layout as this rank's (else
     :class:`HeaderMismatchError`), finite gradients (else :class:`NonFiniteGradientError`)."""
-    faults.flag((rows[:, :12] != send[:12]).any(), lambda: _mismatch(rows, index, where, state))
+    faults.flag((rows[:, :12] != send[:12]).any(), lambda: _mismatch(rows, where, state))
     bad_rows, failed_rows = _flagged(rows, FLAG_NONFINITE), _flagged(rows, FLAG_FAILED)
 
     def ranks(flagged=bad_rows) -> list[int]:
@@ -198,29 +205,30 @@ def _check_rows(state, rows, send, faults: Faults, index, where, step, rnd) -> N
         "overflowing value); every rank's state is as before the step"))
 
 
-def _mismatch(rows, index, where, state) -> Exception:
+def _mismatch(rows, where, state) -> Exception:
     try:
-        check_headers(read_headers(rows), bucket=index, names=where, world_rank=state.rank)
+        check_headers(read_headers(rows), names=where, world_rank=state.rank)
     except Exception as e:  # noqa: BLE001 - the error to raise
         return e
     return RuntimeError(f"gradpack.ddp (rank {state.rank}): headers of {where} disagree")
 
 
-def _aggregate(alg, pieces, sizes, rows, buf, step) -> None:
+def _aggregate(alg, pieces, sizes, rows, step, faults: Faults, where, rank) -> None:
+    """Each unit's direction into its bucket slices, with a flag if one is not finite."""
     off = HEADER_BYTES
     for pc, size in zip(pieces, sizes, strict=True):
         payloads = rows[:, off:off + size]
         off += size
-        if pc.contiguous and buf.dtype == torch.float32:
-            a, m = pc.runs[0]
-            alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream,
-                          out=buf[a:a + m])
-            continue
-        direction = alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream)
-        pos = 0
-        for a, m in pc.runs:
-            buf[a:a + m].copy_(direction[pos:pos + m])
-            pos += m
+        view = pc.view()
+        if view is not None:
+            direction = alg.aggregate(pc.unit.state, payloads, step=step,
+                                      stream=pc.unit.stream, out=view)
+        else:
+            direction = alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream)
+            pc.scatter(direction)
+        faults.flag(_nonfinite(direction), lambda: NonFiniteError(
+            f"gradpack.ddp (rank {rank}): the direction of {where} at step {step} is not "
+            "finite (the aggregate overflowed float32); every rank's state is unchanged"))
 
 
 def _peer_failure(rank, where, step, err) -> PeerFailureError:

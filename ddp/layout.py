@@ -1,23 +1,24 @@
 """Compression units: the parameters compressed together, and their algorithm state.
 
-DDP hands the hook one flat gradient bucket at a time, identified by ``bucket.index()``;
-after the first iteration it rebuilds its buckets in gradient-ready order, so indices and
-contents change underneath any state keyed by index. Here state is keyed by *parameters*:
+DDP hands the hook one flat gradient bucket at a time; its first iteration has one bucket of
+every parameter (its default), after which it rebuilds its buckets in gradient-ready order.
+State is keyed by *parameter position* (the order of the first iteration's buckets), not by
+bucket, and the units are fixed when the state binds:
 
-- a :class:`Unit` is an ordered tuple of parameter indices compressed as one flat vector,
+- a :class:`Unit` is an ordered tuple of parameter positions compressed as one flat vector,
   with its algorithm state (``alg.init_state(numel, ...)``) and a stable seed ``stream``
-  (its smallest parameter index);
-- a bucket whose parameters are exactly one unit is the fast path (views, no copy);
-- a bucket made of several whole units (the first iteration after loading a checkpoint:
-  DDP's initial single bucket holding the saved, rebuilt units) runs each unit on its
-  slices of the bucket, so a resumed run compresses exactly as the uninterrupted one;
-- any other bucket (DDP's rebuild) becomes a new unit whose per-element state is cut out
-  of the units holding its parameters, parameter by parameter; what those units keep
-  becomes a smaller unit. The state moves exactly: nothing is reset or lost.
+  (its smallest position);
+- :meth:`UnitTable.bind` cuts the parameters into units with DDP's own bucket assignment over
+  them in reverse order, under DDP's bucket caps: the buckets DDP's rebuild makes when
+  gradients become ready in reverse order, so from then on a bucket is usually exactly its
+  units (the fast path: views, no copy);
+- :meth:`UnitTable.collect` serves every other bucket: a unit is stepped, and sent, in the
+  bucket that completes it, from its parameters' slices of the buckets seen so far this
+  step (their futures are held until the step closes, :mod:`.round`).
 
-Per-element state entries are tensors of shape ``[numel]``; the int ``"numel"`` is the
-unit's size; any other entry (``world_size``, ``rank``, scalars) must agree among the units
-merged into one, else :class:`LayoutError` names it.
+Because the units never depend on which buckets DDP forms, a run resumed from a checkpoint
+taken after any step (the first included: before DDP's rebuild) compresses exactly what the
+uninterrupted run compresses.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from gradpack.errors import LayoutError
 
@@ -53,102 +55,101 @@ class Unit:
 
 @dataclass
 class Piece:
-    """Where one unit's parameters lie in a bucket: ``(bucket offset, numel)`` runs."""
+    """A unit whose parameters have all arrived this step: where they lie, in unit order, as
+    ``(bucket buffer, offset, numel)`` runs (adjacent parameters of one buffer merged)."""
 
     unit: Unit
-    runs: list[tuple[int, int]]
+    runs: list[tuple[torch.Tensor, int, int]]
 
     @property
     def contiguous(self) -> bool:
         return len(self.runs) == 1
 
+    def grad(self) -> torch.Tensor:
+        """The unit's flat gradient: a view of one bucket, or the runs concatenated."""
+        if self.contiguous:
+            buf, a, n = self.runs[0]
+            return buf[a:a + n]
+        return torch.cat([buf[a:a + n] for buf, a, n in self.runs])
 
-def _runs(offsets: Sequence[int], numels: Sequence[int]) -> list[tuple[int, int]]:
-    runs: list[list[int]] = []
-    for off, n in zip(offsets, numels, strict=True):
-        if runs and runs[-1][0] + runs[-1][1] == off:
-            runs[-1][1] += n
+    def view(self) -> torch.Tensor | None:
+        """The bucket slice the direction can be written to directly (one float32 run)."""
+        if self.contiguous and self.runs[0][0].dtype == torch.float32:
+            buf, a, n = self.runs[0]
+            return buf[a:a + n]
+        return None
+
+    def scatter(self, direction: torch.Tensor) -> None:
+        """Write the unit's direction back into its runs (cast to each bucket's dtype)."""
+        pos = 0
+        for buf, a, n in self.runs:
+            buf[a:a + n].copy_(direction[pos:pos + n])
+            pos += n
+
+
+def _runs(spots: Sequence[tuple[torch.Tensor, int, int]]) -> list[tuple[torch.Tensor, int, int]]:
+    runs: list[list] = []
+    for buf, off, n in spots:
+        if runs and runs[-1][0] is buf and runs[-1][1] + runs[-1][2] == off:
+            runs[-1][2] += n
         else:
-            runs.append([off, n])
-    return [(a, b) for a, b in runs]
+            runs.append([buf, off, n])
+    return [(b, a, n) for b, a, n in runs]
+
+
+def assign(tensors: Sequence[torch.Tensor], limits: Sequence[int]) -> list[list[int]]:
+    """DDP's own bucket assignment of ``tensors`` (in the order given) under ``limits``
+    (bytes: the first bucket's, then every later one's)."""
+    groups, _ = dist._compute_bucket_assignment_by_size(list(tensors), list(limits))
+    return [list(g) for g in groups]
 
 
 class UnitTable:
-    """All units of one model; every parameter index belongs to at most one unit."""
+    """All units of one model; every parameter position belongs to exactly one unit once
+    bound, and the units never change afterwards."""
 
     def __init__(self, init_state: Callable[[int, torch.device], dict]):
         self.init_state = init_state
         self.units: list[Unit] = []
-        self.rebuilds = 0  # layouts remapped (for stats and tests)
 
     def owner(self) -> dict[int, Unit]:
         return {p: u for u in self.units for p in u.params}
 
-    def plan(self, params: Sequence[int], numels: Sequence[int], device) -> list[Piece]:
-        """Units covering a bucket with these parameters (in bucket order), remapping
-        state first when the bucket is not made of whole units."""
-        params, numels = tuple(params), tuple(numels)
-        bucket_off = dict(zip(params, _offsets(numels), strict=True))
+    def bind(self, params: Sequence[int], tensors: Sequence[torch.Tensor], device,
+             limits: Sequence[int]) -> None:
+        """Units (fresh state) for the parameters no unit holds: DDP's bucket assignment of
+        them in reverse order, which is the layout DDP's rebuild makes when gradients become
+        ready in reverse order (the usual case); any other rebuilt layout is served by
+        collecting units across buckets (:meth:`collect`), with the same results."""
         owner = self.owner()
-        holders = {id(owner[p]): owner[p] for p in params if p in owner}
-        whole = len(holders) > 0 and all(p in owner for p in params) and sum(
-            len(u.params) for u in holders.values()) == len(params)
-        if whole and len(holders) == 1 and next(iter(holders.values())).params != params:
-            whole = False  # one unit in another order: reorder it once, then the fast path
-        if whole:
-            units = sorted(holders.values(), key=lambda u: bucket_off[u.params[0]])
-            return [Piece(u, _runs([bucket_off[p] for p in u.params], u.numels)) for u in units]
-        unit = self._carve(params, numels, owner, device)
-        return [Piece(unit, [(0, unit.numel)])]
+        fresh = [(p, t) for p, t in zip(params, tensors, strict=True) if p not in owner][::-1]
+        if not fresh:
+            return
+        for group in assign([t for _, t in fresh], limits):
+            ps = tuple(fresh[i][0] for i in group)
+            numels = tuple(fresh[i][1].numel() for i in group)
+            self.units.append(Unit(ps, numels, self.init_state(sum(numels), device)))
 
-    def _carve(self, params, numels, owner, device) -> Unit:
-        """New unit for ``params``; its state is cut per parameter out of the holders."""
-        fresh = [(p, n) for p, n in zip(params, numels, strict=True) if p not in owner]
-        fresh_state = self.init_state(sum(n for _, n in fresh), device) if fresh else None
-        fresh_off = dict(zip([p for p, _ in fresh], _offsets([n for _, n in fresh]), strict=True))
-        holders = [u for u in self.units if any(p in set(params) for p in u.params)]
-        sources = holders + ([Unit(tuple(p for p, _ in fresh), tuple(n for _, n in fresh),
-                                   fresh_state)] if fresh else [])
-        new = Unit(params, numels, {})
-        for key in sources[0].state:
-            probe = sources[0]
-            if key == "numel":
-                new.state[key] = new.numel
-            elif probe.is_elementwise(probe.state[key]):
-                new.state[key] = torch.cat([
-                    _slice(owner.get(p), p, key) if p in owner
-                    else fresh_state[key][fresh_off[p]:fresh_off[p] + n]
-                    for p, n in zip(params, numels, strict=True)
-                ]).to(device)
-            else:
-                new.state[key] = _agreed(key, sources)
-        for src in sources:
-            if set(src.state) != set(new.state):
-                raise LayoutError(
-                    f"cannot merge algorithm state with keys {sorted(src.state)} and "
-                    f"{sorted(new.state)} into one unit"
-                )
-        kept = [self._leftover(u, set(params)) for u in holders]
-        self.units = [u for u in self.units if all(u is not h for h in holders)]
-        self.units += [u for u in kept if u is not None] + [new]
-        self.rebuilds += 1
-        return new
-
-    @staticmethod
-    def _leftover(unit: Unit, taken: set[int]) -> Unit | None:
-        keep = [(p, n) for p, n in zip(unit.params, unit.numels, strict=True) if p not in taken]
-        if not keep:
-            return None
-        offs = dict(zip(unit.params, unit.offsets(), strict=True))
-        state = {}
-        for key, value in unit.state.items():
-            if key == "numel":
-                state[key] = sum(n for _, n in keep)
-            elif unit.is_elementwise(value):
-                state[key] = torch.cat([value[offs[p]:offs[p] + n] for p, n in keep])
-            else:
-                state[key] = value
-        return Unit(tuple(p for p, _ in keep), tuple(n for _, n in keep), state)
+    def collect(self, arrived: dict, params: Sequence[int], numels: Sequence[int],
+                buf: torch.Tensor) -> list[Piece]:
+        """Add one bucket (its parameter positions, their numels, its flat buffer) to the
+        step's arrivals (``arrived``: ``id(unit) -> {position: (buf, offset, numel)}``) and
+        return the units it completes, in the bucket order of their first parameter."""
+        owner = self.owner()
+        touched: dict[int, Unit] = {}
+        for p, off, n in zip(params, _offsets(numels), numels, strict=True):
+            unit = owner.get(p)
+            if unit is None:
+                raise LayoutError(f"parameter position {p} belongs to no compression unit")
+            arrived.setdefault(id(unit), {})[p] = (buf, off, n)
+            touched.setdefault(id(unit), unit)
+        pieces = []
+        for key, unit in touched.items():
+            got = arrived[key]
+            if len(got) == len(unit.params):
+                del arrived[key]
+                pieces.append(Piece(unit, _runs([got[p] for p in unit.params])))
+        return pieces
 
 
 def _offsets(numels: Sequence[int]) -> list[int]:
@@ -157,23 +158,3 @@ def _offsets(numels: Sequence[int]) -> list[int]:
         out.append(acc)
         acc += n
     return out
-
-
-def _slice(unit: Unit, p: int, key: str) -> torch.Tensor:
-    i = unit.params.index(p)
-    off = unit.offsets()[i]
-    return unit.state[key][off:off + unit.numels[i]]
-
-
-def _agreed(key: str, sources: list[Unit]):
-    first = sources[0].state[key]
-    for src in sources[1:]:
-        other = src.state[key]
-        same = (torch.equal(first, other) if isinstance(first, torch.Tensor)
-                and isinstance(other, torch.Tensor) else first == other)
-        if not same:
-            raise LayoutError(
-                f"DDP bucket rebuild merges parameters whose non-elementwise algorithm state "
-                f"{key!r} differs ({first!r} vs {other!r}); cannot remap it exactly"
-            )
-    return first.clone() if isinstance(first, torch.Tensor) else first

@@ -34,6 +34,17 @@ def hook(algorithm, *, nonfinite: str = "raise", process_group=None,
     return state, gradpack_hook
 
 
+def bucket_limits(ddp_model: DistributedDataParallel) -> list[int]:
+    """The byte caps DDP's bucket rebuild uses (its first bucket's, then every later one's):
+    the units the hook compresses are cut with them (:meth:`.layout.UnitTable.bind`)."""
+    cfg = getattr(ddp_model, "_bucket_config", None)
+    if cfg is not None:
+        if cfg.per_bucket_bytes_caps:
+            return [int(c) for c in cfg.per_bucket_bytes_caps]
+        return [int(cfg.first_bucket_bytes_cap), int(cfg.bucket_bytes_cap)]
+    return [dist._DEFAULT_FIRST_BUCKET_BYTES, int(ddp_model.bucket_bytes_cap)]
+
+
 def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=None,
              nonfinite: str = "raise", state: HookState | None = None,
              ledger: Ledger | None = None) -> HookState:
@@ -68,11 +79,13 @@ def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=Non
                 f"algorithm {fresh.config()}")
         state.algorithm, state.process_group = algorithm, process_group
         state.unbind()
+    state.bucket_limits = bucket_limits(ddp_model)
     device = named[0][1].device
     state.bind_group(device)
     state.name_parameters(named)
     config = state.config()
     config["world_size"] = state.world_size
+    config["bucket_limits"] = state.bucket_limits
     config["parameters"] = [(name, list(p.shape), str(p.dtype)) for name, p in named]
     check_same_config(config, process_group, device, who="gradpack.ddp")
     state.checked = True

@@ -46,8 +46,9 @@ class Round:
     def __init__(self, step: int, spares: dict):
         self.step = step
         self.spares = spares  # id(unit) -> (unit, {key: buffer}); kept across steps
-        self.local = Faults()  # checks of this rank's own worker steps
-        self.buckets: list[tuple[torch.futures.Future, torch.Tensor, Faults]] = []
+        self.buckets: list[tuple[torch.futures.Future, torch.Tensor]] = []
+        self.faults: list[Faults] = []  # one per all-gather
+        self.arrived: dict = {}  # units waiting for more of their parameters (layout.collect)
         self.saved: list[tuple[dict, dict]] = []  # (unit state, {key: copy or value})
         self.skips: list = []  # (where, rows) of each bucket, for the "skip" report
         self.issued = 0
@@ -82,18 +83,25 @@ class Round:
                 else:
                     state[key] = value
 
-    def add_bucket(self, buf: torch.Tensor) -> tuple[torch.futures.Future, Faults]:
-        """The future DDP waits for and the faults of one bucket (checked in the order
-        added). The future follows a gate that :meth:`close` opens with the bucket's
-        direction or with the step's error (raised from a callback, as DDP expects)."""
-        gate, faults = _future(buf.device), Faults()
+    def add_bucket(self, buf: torch.Tensor) -> torch.futures.Future:
+        """The future DDP waits for: it follows a gate that :meth:`close` opens with the
+        bucket's direction or with the step's error (raised from a callback, as DDP
+        expects)."""
+        gate = _future(buf.device)
         with self.lock:
-            self.buckets.append((gate, buf, faults))
+            self.buckets.append((gate, buf))
+        return gate.then(_unwrap)
+
+    def add_collective(self) -> Faults:
+        """The faults of one all-gather (read in the order the all-gathers were issued)."""
+        faults = Faults()
+        with self.lock:
+            self.faults.append(faults)
             self.issued += 1
-        return gate.then(_unwrap), faults
+        return faults
 
     def finished(self, error: BaseException | None = None) -> bool:
-        """One bucket's callback is done; ``True`` for the one that closes the step."""
+        """One all-gather's callback is done; ``True`` for the one that closes the step."""
         with self.lock:
             self.done += 1
             if error is not None and self.error is None:
@@ -101,8 +109,8 @@ class Round:
             return self.closed and self.done == self.issued
 
     def last_issued(self) -> bool:
-        """The step's last bucket is issued; ``True`` if its callbacks have all run (only
-        possible when issuing it failed)."""
+        """The step's last bucket is issued; ``True`` if every all-gather's callback has
+        already run (then the caller closes the step)."""
         with self.lock:
             self.closed = True
             return self.done == self.issued
@@ -110,9 +118,8 @@ class Round:
     def close(self, state) -> None:
         """The step's one host read, then commit, undo and fail, or undo and skip."""
         checks = Faults()
-        for _, _, faults in self.buckets:
+        for faults in self.faults:
             checks.extend(faults)
-        checks.extend(self.local)
         try:
             if self.error is not None:
                 raise self.error
@@ -128,15 +135,15 @@ class Round:
             self._undo(state)
             self._fail(err)
             return
-        for fut, buf, _ in self.buckets:
-            fut.set_result(buf)
+        for gate, buf in self.buckets:
+            gate.set_result(buf)
 
     def _undo(self, state) -> None:
         self.restore()
         state.step = self.step
 
     def _fail(self, err: BaseException) -> None:
-        for gate, _, _ in self.buckets:
+        for gate, _ in self.buckets:
             gate.set_result(err)
 
     def _skip(self, state, err: NonFiniteGradientError) -> None:
@@ -148,5 +155,5 @@ class Round:
         warnings.warn(f"gradpack.ddp (rank {state.rank}): {err.what}; step skipped (zero "
                       "direction, every rank's state unchanged)", RuntimeWarning, stacklevel=1)
         state.step = self.step + 1  # the step is taken, with a zero direction
-        for fut, buf, _ in self.buckets:
-            fut.set_result(buf.zero_())
+        for gate, buf in self.buckets:
+            gate.set_result(buf.zero_())

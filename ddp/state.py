@@ -32,6 +32,8 @@ from .checkpoint import apply_state_dict, check_config, gather_state_dict, rank_
 from .layout import UnitTable
 
 NONFINITE_POLICIES = ("raise", "skip")
+#: DDP's default bucket caps in bytes (its first bucket, every later one)
+DEFAULT_BUCKET_LIMITS = (dist._DEFAULT_FIRST_BUCKET_BYTES, 25 * 2**20)
 #: skipped-step events kept in memory and checkpoints (the count is kept in full)
 SKIPPED_KEPT = 64
 
@@ -119,6 +121,7 @@ class HookState:
         # state
         self.step = 0
         self.units = UnitTable(self._init_state)
+        self.bucket_limits = list(DEFAULT_BUCKET_LIMITS)  # DDP's caps (see .layout.bind)
         self.failed: str | None = None
         self.round = None  # the step in flight (.round.Round)
         self.spares: dict = {}  # id(unit) -> (unit, snapshot buffers), see .round
@@ -245,6 +248,7 @@ class HookState:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("bucket_limits", list(DEFAULT_BUCKET_LIMITS))
         self.process_group = None  # the default group once re-registered
         self._lock = threading.Lock()
         self._index, self.names_by_id = {}, {}

@@ -97,7 +97,7 @@ def _every_algorithm(rank, n, steps):
                 "handed": sum(handed), "ledger_handed": int(totals["handed_up"][rank]),
                 "ledger_bytes": int(totals["bytes_up"][rank]),
                 "collectives": state.stats.collectives, "units": len(state.units.units),
-                "rebuilds": state.units.rebuilds, "step": state.step,
+                "step": state.step,
             }
     finally:
         comm_distributed.all_gather_into_tensor = real
@@ -118,7 +118,7 @@ def test_every_algorithm_trains_on_gloo_with_many_buckets(tmp_path):
             assert late < 0.5 * early, (name, r, [round(v, 3) for v in res["losses"]])
             assert res["handed"] == res["ledger_handed"] == res["ledger_bytes"], name
         assert first["step"] == steps
-        # several buckets after DDP's rebuild, compressed from step 0 (no warm-up)
+        # several units (DDP's rebuilt buckets), compressed from step 0 (no warm-up): one
+        # all-gather in the first step (its one bucket), one per bucket after the rebuild
         assert first["units"] >= 3, name
-        assert first["rebuilds"] >= 1, name
-        assert first["collectives"] > steps, name
+        assert first["collectives"] == 1 + (steps - 1) * first["units"], name

@@ -1,4 +1,4 @@
-"""Compression units follow their parameters across DDP's bucket rebuild (no processes)."""
+"""Compression units: fixed when the state binds, served by any bucket layout (no processes)."""
 
 from __future__ import annotations
 
@@ -15,74 +15,65 @@ def init_state(numel, device):
             "h": torch.zeros(numel), "g": torch.zeros(numel)}
 
 
-def tag(table: UnitTable) -> None:
-    """Write into every state element a value naming its parameter and position."""
-    for u in table.units:
-        pos = 0
-        for p, n in zip(u.params, u.numels, strict=True):
-            u.state["h"][pos:pos + n] = 100 * p + torch.arange(n)
-            u.state["g"][pos:pos + n] = -(100 * p + torch.arange(n))
-            pos += n
+CAPS = [4 * 9, 4 * 7]  # bytes: DDP's first bucket cap, then every later one's
 
 
-def expect(table: UnitTable) -> None:
-    for u in table.units:
-        assert u.state["numel"] == u.numel == sum(u.numels)
-        pos = 0
-        for p, n in zip(u.params, u.numels, strict=True):
-            assert torch.equal(u.state["h"][pos:pos + n], 100 * p + torch.arange(n).float())
-            assert torch.equal(u.state["g"][pos:pos + n], -(100 * p + torch.arange(n).float()))
-            pos += n
-
-
-def plan(table, params):
-    return table.plan(params, [NUMELS[p] for p in params], "cpu")
-
-
-def test_first_bucket_gets_fresh_state_then_rebuild_moves_it_per_parameter():
+def bound() -> UnitTable:
+    """Units of DDP's first iteration: one bucket of every parameter, forward order."""
     table = UnitTable(init_state)
-    pieces = plan(table, [0, 1, 2, 3, 4])  # DDP's initial single bucket, forward order
-    assert len(pieces) == 1 and pieces[0].contiguous and table.units[0].numel == 20
-    tag(table)
-    # DDP's rebuild: ready order, reversed, two buckets
-    (a,) = plan(table, [4, 3, 2])
-    assert a.unit.params == (4, 3, 2)
-    assert sorted(u.params for u in table.units) == [(0, 1), (4, 3, 2)]  # the rest kept
-    (b,) = plan(table, [1, 0])
-    assert b.unit.params == (1, 0)
-    assert sorted(u.params for u in table.units) == [(1, 0), (4, 3, 2)]
-    expect(table)
+    table.bind([0, 1, 2, 3, 4], [torch.zeros(n) for n in NUMELS], "cpu", CAPS)
+    return table
+
+
+def collect(table, arrived, params):
+    return table.collect(arrived, params, [NUMELS[p] for p in params],
+                         torch.zeros(sum(NUMELS[p] for p in params)))
+
+
+def test_units_are_ddps_rebuilt_buckets_for_reverse_ready_order():
+    """Reverse order (4, 3, 2, 1, 0) with DDP's assignment: a bucket closes once it holds at
+    least its cap: 16 + 12 + 20 >= 36 bytes, then 8 + 24 >= 28."""
+    table = bound()
+    assert [u.params for u in table.units] == [(4, 3, 2), (1, 0)]
+    assert [u.state["numel"] for u in table.units] == [12, 8]
     assert table.units[0].stream != table.units[1].stream
-    # the next iterations are the fast path: same unit objects, no copy
-    (again,) = plan(table, [4, 3, 2])
-    assert again.unit is a.unit and again.contiguous
+    table.bind([0, 1, 2, 3, 4], [torch.zeros(n) for n in NUMELS], "cpu", CAPS)
+    assert len(table.units) == 2  # bound once
 
 
-def test_bucket_of_whole_units_runs_each_unit_on_its_slices():
-    """The first iteration after loading a checkpoint: DDP's single bucket holds the saved
-    units, in another order; nothing is remapped."""
-    table = UnitTable(init_state)
-    plan(table, [0, 1, 2, 3, 4])
-    plan(table, [4, 3, 2])
-    plan(table, [1, 0])
-    tag(table)
-    rebuilds = table.rebuilds
-    pieces = plan(table, [0, 1, 2, 3, 4])
-    assert table.rebuilds == rebuilds
+def test_the_initial_bucket_holds_every_unit_whole():
+    table = bound()
+    arrived = {}
+    pieces = collect(table, arrived, [0, 1, 2, 3, 4])
+    assert not arrived and [pc.unit.params for pc in pieces] == [(1, 0), (4, 3, 2)]
     by_params = {pc.unit.params: pc for pc in pieces}
-    # (1, 0) lies at offsets 6 (param 1) and 0 (param 0): two runs in unit order
-    assert by_params[(1, 0)].runs == [(6, 2), (0, 6)]
-    assert by_params[(4, 3, 2)].runs == [(16, 4), (13, 3), (8, 5)]
-    expect(table)
+    # (4, 3, 2) lies at offsets 16 (param 4), 13 (param 3), 8 (param 2): three runs
+    assert [(a, n) for _, a, n in by_params[(4, 3, 2)].runs] == [(16, 4), (13, 3), (8, 5)]
+    assert [(a, n) for _, a, n in by_params[(1, 0)].runs] == [(6, 2), (0, 6)]
 
 
-def test_merge_with_disagreeing_scalar_state_is_an_error():
-    table = UnitTable(init_state)
-    plan(table, [0, 1])
-    plan(table, [2, 3, 4])
-    table.units[0].state["rank"] = 1
-    with pytest.raises(LayoutError, match="'rank'"):
-        plan(table, [1, 2])
+def test_units_wait_for_their_parameters_across_buckets():
+    """Another rebuilt layout: a unit is complete in the bucket bringing its last parameter,
+    and its runs point into every bucket that holds a part."""
+    table = bound()
+    arrived = {}
+    assert collect(table, arrived, [4, 2]) == []
+    (big,) = collect(table, arrived, [3, 1])
+    assert big.unit.params == (4, 3, 2) and len(big.runs) == 3
+    (small,) = collect(table, arrived, [0])
+    assert small.unit.params == (1, 0) and not arrived
+    (b, a1, n1), (c, a0, n0) = small.runs
+    assert (a1, n1, a0, n0) == (3, 2, 0, 6) and b is big.runs[1][0]
+    b[3:5], c[:] = torch.tensor([1.0, 2.0]), torch.arange(3.0, 9.0)
+    assert torch.equal(small.grad(), torch.arange(1.0, 9.0))
+    small.scatter(-torch.arange(8.0))
+    assert torch.equal(b[3:5], -torch.arange(2.0)) and torch.equal(c, -torch.arange(2.0, 8.0))
+
+
+def test_a_parameter_without_a_unit_is_an_error():
+    table = bound()
+    with pytest.raises(LayoutError, match="position 7"):
+        table.collect({}, [7], [3], torch.zeros(3))
 
 
 def test_register_needs_a_ddp_model_and_config_differences_are_named():

@@ -1,9 +1,10 @@
 """Checkpoint and resume through the DDP hook: bit-identical to the uninterrupted run.
 
 The resumed run builds a fresh DDP model, whose first iteration has DDP's initial single
-bucket (forward parameter order) while the uninterrupted run is past its bucket rebuild: the
-hook must run the saved compression units on their slices of that bucket, with the saved
-error-feedback state, step counter and seeds, to land on the same bits.
+bucket (forward parameter order) while the uninterrupted run is past its bucket rebuild (or,
+resuming after step 1, meets it at the same step): the hook must run the same compression
+units as the uninterrupted run, with the saved error-feedback state, step counter and
+seeds, to land on the same bits.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def _resume(rank, n, before, after):
     return out
 
 
-def test_checkpoint_resume_is_bit_identical_and_state_pickles_without_group(tmp_path):
-    before, after = 4, 4
+@pytest.mark.parametrize("before", [1, 4])
+def test_checkpoint_resume_is_bit_identical_and_state_pickles_without_group(tmp_path, before):
+    """After step 1 (before DDP's bucket rebuild) and after step 4 (past it)."""
+    after = 4
     for res in values(run_workers(_resume, 2, tmp_path, before, after, timeout_s=60)):
         for name, r in res.items():
             assert r["resumed_equal"], name
