@@ -84,3 +84,43 @@ def test_a_failed_step_changes_nothing_and_training_goes_on(tmp_path, alg_name, 
         assert out["params_same"] and out["step_same"]
         assert torch.equal(out["recovered"], out["reference"]), f"rank {rank}"
     assert torch.equal(results[0]["recovered"], results[1]["recovered"])
+
+
+def _huge_gradient(rank, n):
+    """Issue 14's case: ef21 + qsgd:15, one rank's gradient x 1e22 (finite), then onwards."""
+    ddp, state, opt = _model("qsgd:15", "ef21")
+    for k in range(3):
+        _step(ddp, opt, rank, k)
+    log = []
+    for k in range(3, 6):
+        before, sd = flat_params(ddp.module), _tensors(state.state_dict())
+        x, y = batch(rank, k)
+        loss = ((ddp(x) - y) ** 2).mean() * (1e22 if rank == 1 and k == 3 else 1.0)
+        opt.zero_grad()
+        try:
+            loss.backward()
+            opt.step()
+            error = None
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            error = str(e)
+        after = flat_params(ddp.module)
+        log.append({"error": error, "finite": bool(torch.isfinite(after).all()),
+                    "params_same": torch.equal(before, after),
+                    "state_same": all(torch.equal(a, b) for a, b in
+                                      zip(sd, _tensors(state.state_dict()), strict=True))})
+    return log
+
+
+def test_a_huge_finite_gradient_never_leaves_non_finite_parameters(tmp_path):
+    """Every step either commits finite parameters on every rank or raises on every rank with
+    parameters and state unchanged; the first error names the ranks whose gradients were
+    non-finite at that step."""
+    logs = values(run_workers(_huge_gradient, 2, tmp_path))
+    for rank, log in enumerate(logs):
+        for k, entry in enumerate(log, start=3):
+            if entry["error"] is None:
+                assert entry["finite"], f"rank {rank} step {k}: non-finite parameters"
+            else:
+                assert entry["params_same"] and entry["state_same"], (rank, k, entry["error"])
+                assert "non-finite gradient" in entry["error"] or "overflow" in entry["error"]
+    assert [e["error"] is None for e in logs[0]] == [e["error"] is None for e in logs[1]]
