@@ -13,47 +13,141 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from gradpack.algorithms import TOPOLOGIES
-from gradpack.comm import Link
-from gradpack.sim.experiments import EXPERIMENTS, Run, run_experiment
+from gradpack.algorithms import TOPOLOGIES, PeerAlgorithm, from_spec, hparam_names
+from gradpack.cli_types import (
+    checked_build,
+    flag_error,
+    hparam_value,
+    nonnegative_float,
+    one_line,
+    positive_float,
+    positive_int,
+    seed,
+)
+from gradpack.comm import Link, graphs
+from gradpack.sim.experiments import EXPERIMENTS, Experiment, Run, run_experiment
+from gradpack.sim.problems import Problem
+
+OVERRIDES = {"graph": "--graph", "local_steps": "--local-steps"}  # hparam -> its flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=sorted(EXPERIMENTS), help="experiment preset")
-    p.add_argument("--run", action="append", default=None, metavar="ALG/COMP[/k=v...]",
+    p.add_argument("--run", type=parse_run, action="append", default=None,
+                   metavar="ALG/COMP[/k=v...]",
                    help="replace the preset's runs, e.g. ef21-sgdm/topk:0.1/eta=0.1/lr=0.5 "
                         "(lr in units of 1/L); repeatable")
-    p.add_argument("--workers", "-n", type=int, default=None,
+    p.add_argument("--workers", "-n", type=positive_int, default=None,
                    help="simulated workers (default: the preset's, usually 10; not top1)")
     p.add_argument("--graph", default=None, help="ring, exp, one-peer-exp or complete: the graph "
                    "of dsgd, gradient-tracking and choco-sgd runs")
-    p.add_argument("--local-steps", type=int, default=None,
+    p.add_argument("--local-steps", type=positive_int, default=None,
                    help="local iterations per round of local-sgd, scaffold and dsgd runs")
-    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps (default: the preset's)")
     p.add_argument("--dataset", default="breast_cancer",
                    choices=["breast_cancer", "digits", "synthetic"], help="logreg data")
     p.add_argument("--topology", choices=TOPOLOGIES, default=None,
                    help="default: the preset's (dore: server)")
-    p.add_argument("--bandwidth", type=float, default=None,
+    p.add_argument("--bandwidth", type=positive_float, default=None,
                    help="modelled link bandwidth in bits/s (adds time plots)")
-    p.add_argument("--latency", type=float, default=0.0, help="modelled link latency, s")
-    p.add_argument("--target", type=float, default=None, metavar="REL",
+    p.add_argument("--latency", type=nonnegative_float, default=0.0,
+                   help="modelled link latency, s (with --bandwidth)")
+    p.add_argument("--target", type=positive_float, default=None, metavar="REL",
                    help="add the bits (up + down) per worker each run needs to reach loss <= "
                         "REL * f(x0), and their ratio to the first run's (default: the "
                         "preset's; dore: 1e-6)")
     p.add_argument("--bits", choices=["up", "total"], default="up",
                    help="x axis of the bits plots: uplink or uplink + downlink per worker")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch intra-op threads (the presets are many tiny ops: 1 is fastest)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--out", type=Path, default=Path("simulate-out"), help="output directory")
     p.add_argument("--no-plot", action="store_true")
+
+
+def parse_run(text: str) -> Run:
+    """``--run``'s converter: :meth:`Run.parse`, with a finite step size > 0 and finite
+    hyperparameters."""
+    try:
+        run = Run.parse(text)
+    except ValueError as e:
+        message = one_line(e)
+        raise argparse.ArgumentTypeError(message if text in message else
+                                         f"run {text!r}: {message}") from None
+    if not (math.isfinite(run.lr_scale) and run.lr_scale > 0):
+        raise argparse.ArgumentTypeError(f"run {text!r}: lr must be a finite number > 0, got "
+                                         f"{run.lr_scale!r}")
+    for key, value in run.hparams.items():
+        try:
+            hparam_value(key, value)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"run {text!r}: {e}") from None
+    return run
+
+
+def check(args: argparse.Namespace, exp: Experiment, runs: tuple[Run, ...],
+          overrides: dict) -> Problem:
+    """Build what the simulation builds (the kernel backend, every run's algorithm with the
+    overrides, the problem, the graphs on its workers) and raise ``argparse.ArgumentError``
+    naming the flag behind the first that fails; the problem is returned for the run."""
+    from gradpack.kernels.backend import resolve
+
+    if args.latency and not args.bandwidth:
+        raise flag_error("--latency", "the link model needs --bandwidth too")
+    if args.out.exists() and not args.out.is_dir():
+        raise flag_error("--out", f"{str(args.out)!r} exists and is not a folder")
+    try:
+        resolve(args.backend, "cpu")
+    except ValueError as e:
+        raise flag_error("--backend", one_line(e)) from None
+    workers = args.workers if args.workers is not None else exp.workers
+    if args.graph is not None:
+        try:
+            graphs.from_spec(args.graph, workers)
+        except ValueError as e:
+            raise flag_error("--graph", one_line(e)) from None
+    flag = "--run" if args.run else "experiment"
+    peers = []
+    for run in runs:
+        extra = {k: v for k, v in overrides.items() if k in _takes(run.algorithm)}
+        sources = {**dict.fromkeys(run.hparams, flag), **{k: OVERRIDES[k] for k in extra}}
+
+        def build(run=run, **hparams):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return from_spec(run.algorithm, run.compressor, backend=args.backend,
+                                 **hparams)
+
+        alg = checked_build(build, {**run.hparams, **extra}, sources, flag, what=run.label)
+        if isinstance(alg, PeerAlgorithm):
+            peers.append((run, alg, "graph" in extra))
+    try:  # the slowest check (a preset's problem), last
+        problem = exp.build(n=workers, seed=args.seed, dataset=args.dataset)
+    except ValueError as e:
+        raise flag_error("--workers", one_line(e)) from None
+    for run, alg, graph_flag in peers:
+        try:
+            alg.graph_for(problem.n)
+        except ValueError as e:
+            flags = ["--graph"] if graph_flag else [flag, "--workers"]
+            raise flag_error("/".join(flags), f"{run.label}: {one_line(e)}") from None
+    return problem
+
+
+def _takes(algorithm: str) -> list[str]:
+    try:
+        return hparam_names(algorithm)
+    except ValueError:
+        return []  # checked_build names --run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,15 +157,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    torch.set_num_threads(args.threads)
     exp = EXPERIMENTS[args.experiment]
-    runs = tuple(Run.parse(r) for r in args.run) if args.run else exp.runs
+    runs = tuple(args.run) if args.run else exp.runs
     steps = args.steps if args.steps is not None else exp.steps
-    link = Link(args.bandwidth, args.latency) if args.bandwidth else None
-    workers = args.workers if args.workers is not None else exp.workers
-    problem = exp.build(n=workers, seed=args.seed, dataset=args.dataset)
     overrides = {k: v for k, v in (("graph", args.graph), ("local_steps", args.local_steps))
                  if v is not None}
+    torch.set_num_threads(args.threads)
+    problem = check(args, exp, runs, overrides)  # bad flags fail here, before any work
+    link = Link(args.bandwidth, args.latency) if args.bandwidth else None
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the table
         console = Console(width=200)

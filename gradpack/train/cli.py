@@ -21,11 +21,24 @@ import queue as queue_module
 import re
 import warnings
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gradpack.algorithms import from_spec
+from gradpack.algorithms import PeerAlgorithm, from_spec, hparam_names
+from gradpack.cli_types import (
+    checked_build,
+    flag_error,
+    key_value,
+    nonnegative_float,
+    one_line,
+    positive_float,
+    positive_int,
+    seed,
+)
+from gradpack.compressors import from_spec as compressor_from_spec
 
+from . import data as train_data
 from . import report as train_report
 from .worker import TrainConfig, free_port, resolve_backend, spawn_entry, train_rank
 
@@ -47,52 +60,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph", default=None,
                    help="dsgd / gradient-tracking / choco-sgd graph: ring (default), exp, "
                    "one-peer-exp, complete")
-    p.add_argument("--local-steps", type=int, default=None,
+    p.add_argument("--local-steps", type=positive_int, default=None,
                    help="local-sgd / scaffold / dsgd: optimizer steps between communication "
                    "rounds")
     p.add_argument("--compressor", default="topk:0.05",
                    help="compressor spec, e.g. topk:0.05 (default), randk:0.1, qsgd:15, sign")
-    p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--hparam", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="algorithm hyperparameter (repeatable), e.g. --hparam eta=0.1")
-    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
-    p.add_argument("--steps", type=int, help="training steps (default: 400 cnn, 300 lm)")
-    p.add_argument("--batch-size", type=int, help="per-worker batch (default: 32 cnn, 16 lm)")
-    p.add_argument("--lr", type=float, help="SGD learning rate (default: 0.2 cnn, 0.3 lm)")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="local worker processes (default 2)")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: 400 cnn, 300 lm)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="per-worker batch (default: 32 cnn, 16 lm)")
+    p.add_argument("--lr", type=positive_float,
+                   help="SGD learning rate (default: 0.2 cnn, 0.3 lm)")
+    p.add_argument("--momentum", type=nonnegative_float, default=0.0,
+                   help="SGD momentum (default 0)")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
                    help="auto: nccl with a GPU per worker, else gloo")
-    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket size")
-    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 50)")
+    p.add_argument("--bucket-cap-mb", type=positive_float, default=25.0,
+                   help="DDP bucket size")
+    p.add_argument("--eval-every", type=positive_int, help="evaluate every N steps (default 50)")
     p.add_argument("--no-baseline", action="store_true", help="skip the uncompressed baseline")
     p.add_argument("--out", help="output folder (default runs/train-<model>-<alg>-<compressor>)")
-    p.add_argument("--timeout", type=float, default=300.0,
+    p.add_argument("--timeout", type=positive_float, default=300.0,
                    help="process-group timeout in seconds (a dead worker fails the others)")
 
 
 def parse_hparams(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"gradpack train: --hparam needs KEY=VALUE, got {item!r}")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-    return out
+    """``KEY=VALUE`` strings as a dict, each value an int, a float or a string
+    (:func:`gradpack.cli_types.key_value`)."""
+    return dict(key_value(item) for item in items)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration, checked by :func:`check_config`: a bad flag raises
+    ``argparse.ArgumentError`` here, in the parent, before any worker starts."""
     d = MODEL_DEFAULTS[args.model]
     pick = lambda v, k: d[k] if v is None else v  # noqa: E731
-    hparams = parse_hparams(args.hparam)
-    for key, value in (("graph", args.graph), ("local_steps", args.local_steps)):
+    hparams = dict(args.hparam)
+    sources = dict.fromkeys(hparams, "--hparam")  # which flag set each hyperparameter
+    for flag, key, value in (("--graph", "graph", args.graph),
+                             ("--local-steps", "local_steps", args.local_steps)):
         if value is not None:
-            hparams[key] = value
+            hparams[key], sources[key] = value, flag
     cfg = TrainConfig(
         model=args.model, algorithm=args.algorithm, compressor=args.compressor,
         hparams=hparams, workers=args.workers,
@@ -101,15 +113,72 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         bucket_cap_mb=args.bucket_cap_mb, eval_every=pick(args.eval_every, "eval_every"),
         baseline=not args.no_baseline, timeout_s=args.timeout,
     )
-    if cfg.workers < 1 or cfg.steps < 1:
-        raise SystemExit("gradpack train: --workers and --steps must be >= 1")
-    try:  # a bad spec fails here, before any worker starts
+    if _under_torchrun():
+        cfg.workers = int(os.environ["WORLD_SIZE"])
+    check_config(cfg, sources)
+    out = _out_dir(args, cfg)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise flag_error("--out", f"{out!r} exists and is not a folder")
+    return cfg
+
+
+def check_config(cfg: TrainConfig, sources: dict[str, str]) -> None:
+    """Build what every worker builds from ``cfg`` (the compressor, the algorithm with its
+    seed, a peer algorithm's graph, the minibatch generator, the process-group timeout) and
+    raise ``argparse.ArgumentError`` naming the flag behind the first that fails.
+    ``sources`` maps each hyperparameter to its flag (``--hparam``, ``--graph``, ...)."""
+    try:
+        compressor = compressor_from_spec(cfg.compressor)
+    except ValueError as e:
+        raise flag_error("--compressor", one_line(e)) from None
+    try:
+        accepted = hparam_names(cfg.algorithm)
+    except ValueError as e:
+        raise flag_error("--algorithm", one_line(e)) from None
+    if "seed" in cfg.hparams:
+        raise flag_error(sources.get("seed", "--hparam"), "the algorithm's seed is --seed")
+    unknown = sorted(set(cfg.hparams) - set(accepted))
+    if unknown:
+        takes = ", ".join(k for k in accepted if k != "seed") or "none (its seed is --seed)"
+        raise flag_error(sources.get(unknown[0], "--hparam"),
+                         f"{cfg.algorithm} does not take {unknown[0]}; it takes {takes}")
+
+    def build(**hparams):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from_spec(cfg.algorithm, cfg.compressor, **cfg.hparams)
-    except ValueError as e:
-        raise SystemExit(f"gradpack train: {e}") from None
-    return cfg
+            return from_spec(cfg.algorithm, compressor, **hparams)
+
+    sources = {**sources, "seed": "--seed"}
+    algorithm = checked_build(build, {"seed": cfg.seed, **cfg.hparams}, sources,
+                              "--algorithm/--compressor")
+    if isinstance(algorithm, PeerAlgorithm):
+        try:
+            algorithm.graph_for(cfg.workers)
+        except ValueError as e:
+            raise flag_error(sources.get("graph", "--workers"), one_line(e)) from None
+    try:
+        train_data.Batches(cfg.seed, cfg.workers - 1)
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise flag_error("--seed", f"{cfg.seed} is too large for the minibatch generator "
+                         f"({one_line(e)})") from None
+    try:
+        datetime.timedelta(seconds=cfg.timeout_s)
+    except OverflowError:
+        raise flag_error("--timeout", f"{cfg.timeout_s:g} s is too long for a timeout") from None
+    _check_backend(cfg)
+
+
+def _check_backend(cfg: TrainConfig) -> None:
+    """NCCL needs a CUDA device per local worker (each takes ``cuda:LOCAL_RANK``)."""
+    backend = resolve_backend(cfg.backend, cfg.workers)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.workers)) if _under_torchrun() \
+        else cfg.workers
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend == "nccl" and (not dist.is_nccl_available() or gpus < local):
+        raise flag_error("--backend", f"nccl needs a CUDA GPU per worker: {local} workers "
+                         f"on this node, {gpus} GPUs")
+    if backend == "gloo" and not dist.is_gloo_available():
+        raise flag_error("--backend", "this torch build has no gloo")
 
 
 def _out_dir(args, cfg: TrainConfig) -> str:
@@ -193,12 +262,10 @@ def _torchrun(cfg: TrainConfig, display: _Display | None) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # bad flags fail here, before any worker starts
     console = Console()
     torchrun = _under_torchrun()
     leader = not torchrun or int(os.environ["RANK"]) == 0
-    if torchrun:
-        cfg.workers = int(os.environ["WORLD_SIZE"])
     title = (f"gradpack train: {cfg.model}, {cfg.algorithm} / {cfg.compressor}, "
              f"{cfg.workers} workers ({resolve_backend(cfg.backend, cfg.workers)}), "
              f"{cfg.steps} steps, seed {cfg.seed}")
