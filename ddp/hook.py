@@ -101,10 +101,15 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
     step, where = state.step, f"bucket {bucket.index()} ({_names(state, idx)})"
     fut = rnd.add_bucket(buf)
     t0 = time.perf_counter()
-    state.units.bind(idx, params, buf.device, state.bucket_limits)
-    pieces = state.units.collect(rnd.arrived, idx, numels, buf)
-    if pieces:
-        _send(state, rnd, pieces, step, where, t0)
+    try:
+        state.units.bind(idx, params, buf.device, state.bucket_limits)
+        pieces = state.units.collect(rnd.arrived, idx, numels, buf)
+        if pieces:
+            _send(state, rnd, pieces, step, where, t0)
+    except BaseException as e:  # the step ends here: undo it once its all-gathers are done
+        if rnd.abandon(e):
+            rnd.close(state)
+        raise
     if bucket.is_last():
         state.step += 1
         if rnd.last_issued():
@@ -159,13 +164,16 @@ def _send(state: HookState, rnd: Round, pieces, step: int, where: str, t0: float
             state.failed = f"all-gather of {where} at step {step} failed"
             error = _peer_failure(rank, where, step, e)
         else:
-            _check_rows(state, rows, send, faults, where, step, rnd)
-            t3 = time.perf_counter()
-            with faults.deferred():
-                _aggregate(alg, pieces, sizes, rows, step, faults, where, rank)
-            with state._lock:
-                state.stats.comm_s += t2 - t1
-                state.stats.decode_s += time.perf_counter() - t3
+            try:  # whatever happens, the callback counts: the step must close
+                _check_rows(state, rows, send, faults, where, step, rnd)
+                t3 = time.perf_counter()
+                with faults.deferred():
+                    _aggregate(alg, pieces, sizes, rows, step, faults, where, rank)
+                with state._lock:
+                    state.stats.comm_s += t2 - t1
+                    state.stats.decode_s += time.perf_counter() - t3
+            except Exception as e:  # noqa: BLE001 - failed with the step, on every rank
+                error = e
         if rnd.finished(error):
             rnd.close(state)
 

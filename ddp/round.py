@@ -115,6 +115,15 @@ class Round:
             self.closed = True
             return self.done == self.issued
 
+    def abandon(self, error: BaseException) -> bool:
+        """The hook body failed: no more buckets come this step, which fails with ``error``;
+        ``True`` if no all-gather is outstanding (then the caller closes the step)."""
+        with self.lock:
+            if self.error is None:
+                self.error = error
+            self.closed = True
+            return self.done == self.issued
+
     def close(self, state) -> None:
         """The step's one host read, then commit, undo and fail, or undo and skip."""
         checks = Faults()

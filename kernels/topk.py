@@ -134,19 +134,33 @@ def approx_plan(thresholds: list[int], counts: list[int], d: int,
 
 
 
-def check_indices(idx: torch.Tensor, d: int, name: str) -> None:
+def check_indices(idx: torch.Tensor, d: int, name: str, *, defer: bool = True
+                  ) -> torch.Tensor | None:
     """Raise :class:`~gradpack.errors.CorruptPayloadError` naming the first row of ``idx``
     ([n, k] int64) whose indices are not strictly increasing in ``[0, d)`` (as every
-    encoder writes them)."""
+    encoder writes them). Inside deferred checks (:mod:`gradpack.compressors.faults`, and
+    ``defer``) the error is recorded as a device flag instead, and the rows' bad mask
+    ([n] bool) returned for the caller to leave those rows out."""
     bad = ((idx < 0) | (idx >= d)).any(1)
     if idx.shape[1] > 1:
         bad |= (idx[:, 1:] <= idx[:, :-1]).any(1)
-    if bool(bad.any()):
+
+    def error() -> CorruptPayloadError:
         row = int(torch.nonzero(bad)[0])
-        raise CorruptPayloadError(
+        return CorruptPayloadError(
             f"{name}: payload row {row} is corrupt: its index fields must strictly increase "
             f"and lie in [0, {d}); nothing was written"
         )
+
+    from gradpack.compressors import faults  # here: compressors import this module
+
+    deferred = faults.current() if defer else None
+    if deferred is not None:
+        deferred.flag(bad.any(), error)
+        return bad
+    if bool(bad.any()):  # the one host read of a decode (a device sync on a GPU)
+        raise error()
+    return None
 
 
 def read_payloads(payloads: torch.Tensor, k: int, d: int, name: str,
@@ -162,7 +176,10 @@ def read_payloads(payloads: torch.Tensor, k: int, d: int, name: str,
     nw = words_for(k, w)
     words = payloads[:, 4 * k : 4 * (k + nw)].view(torch.int32)
     idx = torch.stack([unpack(words[i], k, w) for i in range(n)])
-    check_indices(idx, d, name)
+    bad = check_indices(idx, d, name)
+    if bad is not None:  # deferred: a corrupt row decodes to nothing, never out of bounds
+        keep = ~bad[:, None]
+        idx, vals = torch.where(keep, idx, 0), torch.where(keep, vals, 0.0)
     return idx, vals
 
 

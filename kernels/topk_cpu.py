@@ -415,7 +415,7 @@ def decode_sum(k: int, payloads: torch.Tensor, d: int, out: torch.Tensor, scale:
         words = payloads[:, 4 * k : 4 * (k + words_for(k, w))].view(torch.int32)
         row = _read_indices(array(words), np.int64(k), np.int64(w), np.int64(d), idx)
         if row >= 0:  # the spec's check raises its error for the same first bad row
-            check_indices(torch.from_numpy(idx), d, name)
+            check_indices(torch.from_numpy(idx), d, name, defer=False)  # on the host
             raise RuntimeError(f"{name}: row {row} failed the native index check only "
                                "(internal error)")
     acc = accumulator(out, add)

@@ -302,10 +302,36 @@ def test_threshold_topk_encode_syncs_once(tdevice, op):
 
 @pytest.mark.parametrize("spec", TOPK)
 def test_topk_decode_sum_syncs_only_to_validate(tdevice, spec):
-    """Issue 11 wants 0; one host read remains: the index validation that lets a corrupt
-    payload raise before anything is written."""
+    """Called on its own, one host read: the index validation that lets a corrupt payload
+    raise before anything is written; deferred (as in the DDP hook), none."""
     c = from_spec(spec, backend="triton", check_finite=False)
-    _only(_count(_op(c, "decode_sum", tdevice)), ["check_indices"], f"{spec} decode_sum")
+    call = _op(c, "decode_sum", tdevice)
+    _only(_count(call), ["check_indices"], f"{spec} decode_sum")
+    faults = Faults()
+
+    def deferred():
+        with faults.deferred():
+            call()
+
+    _check(_count(deferred), 0, f"{spec} decode_sum (deferred)")
+    faults.raise_first()
+
+
+def test_a_deferred_corrupt_topk_row_decodes_to_nothing_and_raises_later(tdevice):
+    """Out-of-range indices under deferred checks: the row is left out (nothing written
+    out of bounds, the other rows decoded), and ``raise_first`` names it."""
+    c = from_spec("topk:0.01", backend="triton")
+    rows = torch.stack([c.encode(_x(tdevice, seed=s), seed=0) for s in range(2)])
+    good = c.decode_sum(rows[:1], D)
+    k = c.k(D)
+    rows[1, 4 * k:].fill_(255)  # every index field of row 1 past d
+    out = torch.zeros(D, device=tdevice)
+    faults = Faults()
+    with faults.deferred():
+        c.decode_sum(rows, D, out=out)
+    assert torch.equal(out, good)
+    with pytest.raises(CorruptPayloadError, match="payload row 1 is corrupt"):
+        faults.raise_first()
 
 
 # -- the DDP hook ---------------------------------------------------------------------------
@@ -334,7 +360,7 @@ class TwoBuckets(nn.Module):
         return ((x @ self.w).tanh() @ self.v).square().sum()
 
 
-@pytest.mark.parametrize("spec", ["sign", "randk:0.1", "qsgd:7"])
+@pytest.mark.parametrize("spec", ["sign", "randk:0.1", "qsgd:7", "topk:0.1"])
 def test_ddp_step_syncs_once(tdevice, one_rank_gloo, spec):
     """Two buckets, one host read per step: the step's checks (headers, finite gradients,
     payloads, finite directions) are flags read together when its last bucket closes."""
