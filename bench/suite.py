@@ -1,6 +1,8 @@
 """The kernel benchmark: every compressor's encode, decode-and-sum of n payloads and fused
 error-feedback steps (EF21, EF14), each beside the copy roofline and its baseline,
-all measured in one run on one device."""
+all measured in one run on one device. Each row's note says what the checks cost: the
+op's time minus the same op's with ``check_finite=False`` (input finite check, payload
+header and value checks, and their host reads)."""
 
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class Run:
 def bench_spec(run: Run, spec: str, x: torch.Tensor, copy: float, n: int, ops=OPS) -> None:
     d = x.numel()
     c = from_spec(spec, backend=run.backend)
+    unchecked = from_spec(spec, backend=run.backend, check_finite=False)
     payload = c.encode(x, seed=0)
     P = payload.numel()
     payloads = torch.stack([c.encode(x * (i + 1), seed=i) for i in range(n)])
@@ -95,26 +98,31 @@ def bench_spec(run: Run, spec: str, x: torch.Tensor, copy: float, n: int, ops=OP
             run.log(f"{d:>11,} {spec:<18} {op:<10} skipped: ~{est:.0f} s > --max-op-s")
             continue
         h = torch.zeros(d, device=x.device)
-        if op == "encode":
-            fn = lambda: c.encode(x, seed=0, out=payload)  # noqa: E731
-        elif op == "decode_sum":
-            fn = lambda: c.decode_sum(payloads, d, seeds=seeds, out=out)  # noqa: E731
-        else:
-            fn = lambda f=FUSIONS[op], h=h: c.step(f, x, {"h": h}, seed=0, out=payload)  # noqa: E731
         try:
-            seconds = run.time(fn)
+            seconds = run.time(_op(c, op, x, payload, payloads, seeds, out, h))
         except (ValueError, NotImplementedError) as e:
             run.log(f"{d:>11,} {spec:<18} {op:<10} not supported: {e}")
             continue
         first = run.first_s
+        fn = _op(c, op, x, payload, payloads, seeds, out, h)
+        checks = seconds - run.time(_op(unchecked, op, x, payload, payloads, seeds, out, h))
         decode_each = lambda: [c.decode(payloads[i], d, seed=i) for i in seeds]  # noqa: E731
         base_name, base_fn = baseline(op, spec, x, {"h": h.zero_()}, decode_each)
         base_s = run.time(base_fn) if base_fn else None
-        note = ""
+        note = f"checks {1e3 * checks:+.3f} ms ({100 * checks / seconds:+.0f}%)"
         if op == "decode_sum":
-            note = describe(fn, base_fn, d, n, x.device)
+            note = f"{describe(fn, base_fn, d, n, x.device)}; {note}"
         run.add(op, spec, d, seconds, op_bytes(op, d, P, n), copy, (base_name, base_s), note,
                 first)
+
+
+def _op(c, op: str, x, payload, payloads, seeds, out, h) -> Callable[[], object]:
+    """One call of ``op`` with ``c``, writing into the given buffers."""
+    if op == "encode":
+        return lambda: c.encode(x, seed=0, out=payload)
+    if op == "decode_sum":
+        return lambda: c.decode_sum(payloads, x.numel(), seeds=seeds, out=out)
+    return lambda: c.step(FUSIONS[op], x, {"h": h}, seed=0, out=payload)
 
 
 def bench_philox(run: Run, d: int, copy: float) -> None:
