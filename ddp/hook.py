@@ -85,7 +85,8 @@ def gradpack_hook(state: HookState, bucket) -> torch.futures.Future[torch.Tensor
                 f"gradpack.ddp (rank {state.rank}): the hook failed earlier ({state.failed}); "
                 "its state is inconsistent across ranks: load a checkpoint "
                 "(state.load_state_dict) before training on")
-        rnd = state.round = Round(state.step, state.spares)
+        rnd = state.round = Round(state.step, state.spares,  # policy skip undoes, so snapshots
+                                  state.transactional or state.nonfinite == "skip")
     rank = state.rank
     params = bucket.parameters()
     fresh = not state.checked and any(id(p) not in state._index for p in params)
@@ -199,10 +200,11 @@ def _check_rows(state, rows, send, faults: Faults, where, step, rnd) -> None:
     def nonfinite() -> NonFiniteGradientError:
         what = (f"non-finite gradient (inf/nan) in {where} at step {step} on rank(s) "
                 f"{', '.join(map(str, ranks()))}")
-        err = NonFiniteGradientError(
-            f"gradpack.ddp (rank {state.rank}): {what}; every rank's state is as before the "
-            "step: skip this batch (optimizer.zero_grad()) and train on, or register with "
-            "nonfinite='skip' to do that automatically")
+        err = NonFiniteGradientError(f"gradpack.ddp (rank {state.rank}): {what}; " + (
+            "every rank's state is as before the step: skip this batch (optimizer.zero_grad()) "
+            "and train on, or register with nonfinite='skip' to do that automatically"
+            if state.transactional else "the state was not restored (transactional=False): "
+            "load a checkpoint (state.load_state_dict) before training on"))
         err.what = what
         return err
 

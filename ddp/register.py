@@ -17,8 +17,8 @@ from .state import HookState
 
 
 def hook(algorithm, *, nonfinite: str = "raise", process_group=None,
-         state_dict: dict | None = None, ledger: Ledger | None = None
-         ) -> tuple[HookState, Callable]:
+         state_dict: dict | None = None, ledger: Ledger | None = None,
+         transactional: bool = True) -> tuple[HookState, Callable]:
     """``(state, hook)`` for ``ddp_model.register_comm_hook(state, hook)``, buildable before
     the model is wrapped (or the process group exists), for frameworks that register hooks
     themselves. The state binds itself to the model's parameters, rank and world size when
@@ -28,7 +28,7 @@ def hook(algorithm, *, nonfinite: str = "raise", process_group=None,
     memory; ``Ledger(n, keep_history=False, log=JsonLinesLog(path))`` for long runs).
     """
     state = HookState(algorithm, nonfinite=nonfinite, process_group=process_group,
-                      ledger=ledger)
+                      ledger=ledger, transactional=transactional)
     if state_dict is not None:
         state.load_state_dict(state_dict)
     return state, gradpack_hook
@@ -47,7 +47,7 @@ def bucket_limits(ddp_model: DistributedDataParallel) -> list[int]:
 
 def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=None,
              nonfinite: str = "raise", state: HookState | None = None,
-             ledger: Ledger | None = None) -> HookState:
+             ledger: Ledger | None = None, transactional: bool = True) -> HookState:
     """Register ``algorithm`` as ``ddp_model``'s comm hook and return its :class:`HookState`.
 
     Collective: every rank must call it. All ranks check they agree on the algorithm, its
@@ -70,7 +70,7 @@ def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=Non
         raise ValueError("gradpack.ddp.register: the model has no trainable parameters")
     if state is None:
         state = HookState(algorithm, nonfinite=nonfinite, process_group=process_group,
-                          ledger=ledger)
+                          ledger=ledger, transactional=transactional)
     else:
         fresh = HookState(algorithm, nonfinite=nonfinite, process_group=process_group)
         if fresh.config() != state.config():
@@ -78,6 +78,7 @@ def register(ddp_model: DistributedDataParallel, algorithm, *, process_group=Non
                 f"gradpack.ddp.register: the given state runs {state.config()}, the "
                 f"algorithm {fresh.config()}")
         state.algorithm, state.process_group = algorithm, process_group
+        state.transactional = bool(transactional)
         state.unbind()
     state.bucket_limits = bucket_limits(ddp_model)
     device = named[0][1].device

@@ -15,7 +15,9 @@ future, the one DDP waits for, is held back. When the last callback of the step 
   with zeros.
 
 Snapshots are copies into buffers kept per unit (one copy of the state per step): the price
-of "a failed step leaves every rank's state as it was".
+of "a failed step leaves every rank's state as it was". ``transactional=False`` (at
+:func:`gradpack.ddp.register`) skips them: a failed step then still fails on every rank
+before the optimizer steps, but leaves the state to be reloaded from a checkpoint.
 """
 
 import threading
@@ -43,8 +45,9 @@ def _unwrap(gate: torch.futures.Future) -> torch.Tensor:
 class Round:
     """The buckets of step ``step``: their futures, checks and the state snapshots."""
 
-    def __init__(self, step: int, spares: dict):
+    def __init__(self, step: int, spares: dict, transactional: bool = True):
         self.step = step
+        self.transactional = transactional
         self.spares = spares  # id(unit) -> (unit, {key: buffer}); kept across steps
         self.buckets: list[tuple[torch.futures.Future, torch.Tensor]] = []
         self.faults: list[Faults] = []  # one per all-gather
@@ -58,7 +61,10 @@ class Round:
         self.lock = threading.Lock()
 
     def snapshot(self, unit) -> None:
-        """Copy ``unit``'s state into its spare buffers (allocated once per unit)."""
+        """Copy ``unit``'s state into its spare buffers (allocated once per unit); nothing
+        when the state is not ``transactional``."""
+        if not self.transactional:
+            return
         entry = self.spares.get(id(unit))
         if entry is None or entry[0] is not unit:
             entry = (unit, {})
@@ -148,6 +154,10 @@ class Round:
             gate.set_result(buf)
 
     def _undo(self, state) -> None:
+        if not self.transactional:
+            state.failed = (f"step {self.step} failed with transactional=False, so its state "
+                            "was not restored")
+            return
         self.restore()
         state.step = self.step
 

@@ -77,7 +77,10 @@ class HookStats:
 class HookState:
     """State of gradpack's DDP comm hook on one rank.
 
-    Hyperparameters: ``algorithm``, ``nonfinite`` (policy), ``process_group`` (``None``: the
+    Hyperparameters: ``algorithm``, ``nonfinite`` (policy), ``transactional`` (a failed step
+    restores every state tensor it wrote, at the price of one copy of the state per step;
+    ``False`` saves the copy, and a failed step then leaves the state to be reloaded from a
+    checkpoint), ``process_group`` (``None``: the
     default group; never pickled). Bound when the hook first runs: ``rank``, ``world_size``,
     ``device``, ``param_names`` (by position).
     State: ``step`` (the global step counter handed to the algorithm), ``units`` (compression
@@ -89,7 +92,7 @@ class HookState:
     """
 
     def __init__(self, algorithm, *, nonfinite: str = "raise", process_group=None,
-                 ledger: Ledger | None = None):
+                 ledger: Ledger | None = None, transactional: bool = True):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if not hasattr(algorithm, "worker_step") or not hasattr(algorithm, "compressor"):
@@ -105,6 +108,7 @@ class HookState:
         # hyperparameters
         self.algorithm = algorithm
         self.nonfinite = nonfinite
+        self.transactional = bool(transactional)  # snapshot state so a failed step undoes
         self.process_group = process_group
         # bound to the process group and the model (bind_group, then positions)
         self.rank: int | None = None
@@ -249,6 +253,7 @@ class HookState:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.__dict__.setdefault("bucket_limits", list(DEFAULT_BUCKET_LIMITS))
+        self.__dict__.setdefault("transactional", True)
         self.process_group = None  # the default group once re-registered
         self._lock = threading.Lock()
         self._index, self.names_by_id = {}, {}

@@ -124,3 +124,26 @@ def test_a_huge_finite_gradient_never_leaves_non_finite_parameters(tmp_path):
                 assert entry["params_same"] and entry["state_same"], (rank, k, entry["error"])
                 assert "non-finite gradient" in entry["error"] or "overflow" in entry["error"]
     assert [e["error"] is None for e in logs[0]] == [e["error"] is None for e in logs[1]]
+
+
+def _not_transactional(rank, n):
+    ddp = DDP(mlp(), bucket_cap_mb=300 / 2**20)
+    gradpack.ddp.register(ddp, from_spec("ef21", "topk:0.1"), transactional=False)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    _step(ddp, opt, rank, 0)
+    errors = []
+    for k, poison in ((1, rank == 0), (2, False)):
+        try:
+            _step(ddp, opt, rank, k, poison=poison)
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            errors.append(str(e))
+    return errors
+
+
+def test_without_snapshots_a_failed_step_asks_for_a_checkpoint(tmp_path):
+    """``transactional=False`` saves the copy of the state per step: a failed step still
+    fails on every rank, and says the state must be reloaded; the next step refuses."""
+    for errors in values(run_workers(_not_transactional, 2, tmp_path)):
+        assert len(errors) == 2
+        assert "on rank(s) 0;" in errors[0] and "load a checkpoint" in errors[0]
+        assert "the hook failed earlier" in errors[1]
