@@ -42,6 +42,11 @@ Policies, the same for every compressor (README, "Policies", says the same):
 - ``check_finite=False`` skips the input finite check and the payload value/header check,
   and their one host read each (a device synchronisation on a GPU); the payload (or the
   decoded sum) is then unspecified for such inputs, but never written outside ``out``;
+- deferred checks (:mod:`.faults`): inside ``Faults().deferred()`` the same checks are
+  recorded as device flags instead of read, the call completes (writing unspecified values
+  for bad inputs, never outside ``out``), and ``Faults.raise_first()`` raises the same
+  error later with one host read for any number of calls; the caller undoes what the calls
+  wrote (the DDP hook's per-step transaction);
 - randomness comes only from ``seed`` (Philox, counter = element index): the same
   ``(x, seed)`` gives the same payload on every backend and every rank.
 """
