@@ -140,6 +140,7 @@ class Round:
                 raise self.error
             checks.raise_first()
         except NonFiniteGradientError as err:
+            state.last_error = err
             self._undo(state)
             if state.nonfinite == "skip":
                 self._skip(state, err)
@@ -147,9 +148,11 @@ class Round:
             self._fail(err)
             return
         except BaseException as err:  # noqa: BLE001 - handed to every bucket's future
+            state.last_error = err
             self._undo(state)
             self._fail(err)
             return
+        state.last_error = None
         for gate, buf in self.buckets:
             gate.set_result(buf)
 

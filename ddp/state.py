@@ -127,6 +127,8 @@ class HookState:
         self.units = UnitTable(self._init_state)
         self.bucket_limits = list(DEFAULT_BUCKET_LIMITS)  # DDP's caps (see .layout.bind)
         self.failed: str | None = None
+        self.last_error: BaseException | None = None  # of the last step, typed (DDP re-raises
+        # a hook's error as a RuntimeError)
         self.round = None  # the step in flight (.round.Round)
         self.spares: dict = {}  # id(unit) -> (unit, snapshot buffers), see .round
         # stats
@@ -246,7 +248,7 @@ class HookState:
     def __getstate__(self):
         state = dict(self.__dict__)
         for key in ("process_group", "_lock", "_index", "transport", "names_by_id", "round",
-                    "spares"):
+                    "spares", "last_error"):
             state.pop(key, None)
         return state
 
@@ -258,5 +260,5 @@ class HookState:
         self._lock = threading.Lock()
         self._index, self.names_by_id = {}, {}
         self.transport = None  # rebinds (checking rank and world size) when registered again
-        self.round, self.spares = None, {}
+        self.round, self.spares, self.last_error = None, {}, None
         self.param_names, self.param_numels, self.binding_step = [], [], None
