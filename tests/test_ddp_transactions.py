@@ -18,6 +18,7 @@ from gradpack.algorithms import from_spec
 from gradpack.errors import NonFiniteGradientError
 from tests.ddp_support import run_workers, values
 from tests.test_ddp import batch, flat_params, mlp
+from tests.test_ddp_safety import _step
 
 pytestmark = pytest.mark.distributed
 
@@ -28,16 +29,6 @@ BATCHES = [0, 1, 2, 4, 5]  # what the recovered run trains on: batch 3 was skipp
 def _tensors(sd: dict) -> list[torch.Tensor]:
     return [v.clone() for u in sd["units"] for v in u["state"].values()
             if isinstance(v, torch.Tensor)]
-
-
-def _step(ddp, opt, rank, k, poison=False):
-    x, y = batch(rank, k)
-    if poison:
-        x[0, 0] = float("inf")
-    loss = ((ddp(x) - y) ** 2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
 
 
 def _model(spec, alg_name):

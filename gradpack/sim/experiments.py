@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gradpack.algorithms import CompressorWarning, PeerAlgorithm, from_spec, hparam_names
+from gradpack.cli_types import number_or_text
 from gradpack.comm import Link
 from gradpack.sim.core import History, simulate
 from gradpack.sim.problems import Problem, logreg, quadratic, top1
@@ -42,17 +43,8 @@ class Run:
             if key == "lr":
                 lr_scale = float(value)
             else:
-                hparams[key] = _value(value)
+                hparams[key] = number_or_text(value)
         return cls(parts[0], parts[1], hparams, lr_scale)
-
-
-def _value(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _fmt(v) -> str:
