@@ -45,6 +45,38 @@ Compressor classes: EF14 and the EF21 family need a contractive compressor (seed
 an unbiased one (seed 002); given the other kind they warn with :class:`CompressorWarning`
 (they run, as the papers' own ablations do), never raise. DCGD with a biased compressor warns
 too: seed 004's Top-1 example shows it can diverge.
+
+Errors. Hyperparameters are checked once, at construction (``from_spec`` or the class), by
+:mod:`.checks`: each must be a real number (an int for ``seed`` and ``local_steps``), finite,
+in the range its paper gives (each class's ``ranges`` says which, with the source) and, for
+reals, finite and nonzero in float32; anything else is a ``ValueError`` naming the algorithm,
+the hyperparameter and the value. Per-call arguments (``step``, ``rank``, ``lr``, ``out``,
+payload shapes) are ``ValueError`` too. ``TypeError`` only where Python itself raises it: an
+unknown keyword or a missing argument of a direct call (``from_spec`` turns an unknown
+hyperparameter into a ``ValueError`` naming the ones it takes). Data errors are typed
+(:mod:`gradpack.errors`): a corrupt payload is :class:`CorruptPayloadError`, an inf or nan
+input, or a state update that would overflow float32, is :class:`NonFiniteError`.
+
+Transactions. Every phase (``worker_step``, ``aggregate``, ``server_step``,
+``apply_downlink``; :mod:`.peer`'s ``local_update``, ``message``, ``combine``) either
+completes or raises with every state tensor exactly as it was, bit for bit: arguments and
+payloads are checked before the first write (the compressor's ``step`` and ``decode_sum``
+check everything before theirs), server-side state is computed into scratch, checked finite
+(:func:`.checks.all_finite`: one ``aminmax`` per tensor, one host read) and committed last,
+and the few tensors a fused worker step updates in place are snapshotted and restored if
+the step leaves them non-finite (an overflow no input check can see: ``g_i + c_i`` past
+3.4e38). ``out`` (a caller's buffer, not state) may hold anything after a raise; the payload
+of a worker step that raised must not be sent. With the compressor's ``check_finite=False``
+the finite checks and snapshots are skipped (no host reads), as the compressor skips its own.
+Inside deferred checks (:mod:`gradpack.compressors.faults`, how the DDP hook runs a step)
+nothing is read either: every check becomes a flag, the state is written, and the caller,
+which snapshotted it, restores it if a flag is set.
+
+Cost on the hot path (d = 1e6 fp32, one CPU core): a worker step adds one ``aminmax`` of
+``h`` and a copy of each tensor it writes (about 0.07 ms and 0.06 ms each; no copy under
+deferred checks); EF21's aggregate one copy and one ``aminmax``; DORE's server step two
+copies (the commit) and one ``aminmax`` of each of ``h``, ``e`` and the direction; DCGD's and
+EF14's aggregate one ``aminmax`` of the direction.
 """
 
 from __future__ import annotations
@@ -57,9 +89,11 @@ from typing import Any
 import torch
 
 from gradpack.compressors import Compressor, from_spec
+from gradpack.errors import NonFiniteError
 from gradpack.kernels.fusion import Fusion
-from gradpack.kernels.philox import M64, SEED_MAX, check_seed, mix64
+from gradpack.kernels.philox import M64, SEED_MAX, mix64
 
+from . import checks
 from .unfused import unfused_step
 
 #: ``rank`` argument of :meth:`Algorithm.seed_for` for the server's own compression (DORE)
@@ -109,6 +143,8 @@ class Algorithm:
     #: state dtype
     worker_state: tuple[str, ...] = ()
     server_state: tuple[str, ...] = ()
+    #: each real hyperparameter's valid range (an interval, :mod:`.checks`), from its paper
+    ranges: dict[str, str] = {}
 
     def __init__(self, compressor: Compressor, *, seed: int = 0):
         if not isinstance(compressor, Compressor):
@@ -117,7 +153,7 @@ class Algorithm:
                 f"gradpack.compressors.from_spec), got {type(compressor).__name__}"
             )
         self.compressor = compressor
-        self.seed = check_seed(seed)
+        self.seed = self._seed(seed)
         # the uncompressed messages (EF21's g_i^0, the dense downlink) use the same backend
         self.dense = from_spec(
             "identity", backend=compressor.backend, check_finite=compressor.check_finite
@@ -137,8 +173,15 @@ class Algorithm:
     def with_seed(self, seed: int) -> Algorithm:
         """A copy drawing its compressor randomness from ``seed``."""
         other = copy.copy(self)
-        other.seed = check_seed(seed)
+        other.seed = self._seed(seed)
         return other
+
+    def _seed(self, seed) -> int:
+        return checks.integer(self.name, "seed", seed, f"[0, {SEED_MAX})")
+
+    def _hparam(self, name: str, value) -> float:
+        """Real hyperparameter ``name`` checked against ``ranges[name]`` (:func:`.checks.real`)."""
+        return checks.real(self.name, name, value, self.ranges[name])
 
     def _check_compressor_class(self) -> None:
         c = self.compressor
@@ -277,12 +320,14 @@ class Algorithm:
         if rank != state["rank"]:
             raise ValueError(f"{self.name}: worker_step for rank {rank} on rank "
                              f"{state['rank']}'s state")
-        if grad.numel() != numel:
-            raise ValueError(f"{self.name}: gradient has {grad.numel()} elements, state "
-                             f"{numel}")
+        if not isinstance(grad, torch.Tensor) or grad.numel() != numel:
+            got = grad.numel() if isinstance(grad, torch.Tensor) else type(grad).__name__
+            raise ValueError(f"{self.name}: gradient must be a tensor of {numel} elements, "
+                             f"got {got}")
         return self._compress(self.uplink_compressor(step), self.fusion(step, numel), grad,
                               self.fused_state(state), seed=self.seed_for(step, rank, stream),
-                              out=out, dtype=self.state_dtype(state))
+                              out=out, dtype=self.state_dtype(state),
+                              what=f"worker step {step} of rank {rank}", state=state)
 
     def aggregate(
         self,
@@ -299,6 +344,7 @@ class Algorithm:
         if not isinstance(gathered, torch.Tensor) or gathered.dim() != 2 or gathered.shape[0] != n:
             got = list(gathered.shape) if isinstance(gathered, torch.Tensor) else type(gathered)
             raise ValueError(f"{self.name}: expected [{n}, P] gathered payloads, got {got}")
+        self._check_out(state, out)
         return self._aggregate(state, gathered, step, stream, out)
 
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
@@ -310,9 +356,20 @@ class Algorithm:
         self, state: dict[str, Any], gathered: torch.Tensor, *, step: int, stream: int = 0
     ) -> torch.Tensor:
         """Server topology, on the server only: the packed downlink message."""
-        direction = self.aggregate(state, gathered, step=step, stream=stream)
-        wire = direction if direction.dtype != torch.float64 else direction.to(torch.float32)
-        return self.dense.encode(wire, seed=self.seed_for(step, SERVER, stream))
+        seed = self.seed_for(step, SERVER, stream)
+        if self.state_dtype(state) != torch.float64:
+            # aggregate's direction is finite (it checks), so the fp32 encode cannot fail
+            return self.dense.encode(self.aggregate(state, gathered, step=step, stream=stream),
+                                     seed=seed)
+        # float64: the cast to the fp32 wire can still overflow after aggregate committed
+        saved = {k: state[k].clone() for k in self.server_state}
+        try:
+            direction = self.aggregate(state, gathered, step=step, stream=stream)
+            return self.dense.encode(direction.to(torch.float32), seed=seed)
+        except BaseException:
+            for k, t in saved.items():
+                state[k].copy_(t)
+            raise
 
     def apply_downlink(
         self,
@@ -332,15 +389,85 @@ class Algorithm:
                                  add=False, dtype=self.state_dtype(state))
 
     # -- helpers for subclasses -----------------------------------------------------------
-    @staticmethod
-    def _compress(compressor: Compressor, fusion: Fusion, src: torch.Tensor,
+    def _compress(self, compressor: Compressor, fusion: Fusion, src: torch.Tensor,
                   tensors: dict[str, torch.Tensor], *, seed: int, out: torch.Tensor | None,
-                  dtype: torch.dtype) -> torch.Tensor:
+                  dtype: torch.dtype, what: str = "", state: dict[str, Any] | None = None,
+                  guard: bool = True) -> torch.Tensor:
         """One fused compression pass when the state is float32 (the kernels' state), else
-        the same prologue/epilogue unfused in ``dtype`` (:func:`.unfused.unfused_step`)."""
+        the same prologue/epilogue unfused in ``dtype`` (:func:`.unfused.unfused_step`).
+
+        The pass checks its arguments and input before writing, but a finite input can
+        still overflow the ``h`` it writes (``g_i + c_i``, ``e_i + gamma g - c``, or a QSGD
+        norm past 3.4e38 that makes ``c`` nan). With ``guard`` (and the compressor's
+        ``check_finite``) the tensors it writes are snapshotted first and ``h`` is checked
+        after (one ``aminmax``); if it is not finite they are restored and
+        :class:`NonFiniteError` is raised. The momenta ``v``, ``u`` are convex combinations
+        of finite values and cannot overflow (:func:`.checks.momentum_bounded`, verified for
+        this ``eta``), so only ``h`` is read unless that check fails. Without ``guard`` the
+        caller passes scratch state of its own."""
+        written = [k for k in fusion.state_names() if k in tensors] \
+            if guard and compressor.check_finite else []
         if dtype == torch.float32 and src.dtype != torch.float64:
-            return compressor.step(fusion, src, tensors, seed=seed, out=out)
-        return unfused_step(compressor, fusion, src, tensors, seed=seed, out=out)
+            run = compressor.step
+        else:
+            def run(*args, **kw):
+                return unfused_step(compressor, *args, **kw)
+        if not written:
+            return run(fusion, src, tensors, seed=seed, out=out)
+        scalars = fusion.scalars()
+        check = [k for k in written if k == "h"
+                 or not checks.momentum_bounded(scalars["keep"], scalars["take"])]
+        names = {id(t): k for k, t in (state or {}).items() if isinstance(t, torch.Tensor)}
+
+        def error() -> NonFiniteError:
+            bad = [names.get(id(tensors[k]), k) for k in check]
+            return NonFiniteError(
+                f"{self.name}: {what or 'compression'} ({compressor.spec}) would leave {bad} "
+                "non-finite: a finite input overflowed float32 (the state or the input is "
+                "too large); every state tensor is as before and the payload must not be "
+                "sent")
+
+        collect = checks.deferred()
+        if collect is not None:  # deferred checks: the caller snapshots and restores
+            payload = run(fusion, src, tensors, seed=seed, out=out)
+            checks.require_finite(error, *(tensors[k] for k in check))
+            return payload
+        saved = {k: tensors[k].clone() for k in written}
+        try:
+            payload = run(fusion, src, tensors, seed=seed, out=out)  # raises before writing
+            if not checks.all_finite(*(tensors[k] for k in check)):
+                raise error()
+        except BaseException:
+            for k, t in saved.items():
+                tensors[k].copy_(t)
+            raise
+        return payload
+
+    def _require_finite(self, what: str, **tensors: torch.Tensor) -> None:
+        """Raise :class:`NonFiniteError` (naming ``what`` and the tensors) unless every one of
+        ``tensors`` is finite (inside deferred checks: record it, :func:`.checks.require_finite`);
+        a no-op with the compressor's ``check_finite`` off."""
+        if not self.compressor.check_finite:
+            return
+
+        def error() -> NonFiniteError:
+            # (deferred: read later, maybe after a restore; then name them all)
+            bad = [k for k, t in tensors.items() if not checks.all_finite(t)] or list(tensors)
+            return NonFiniteError(
+                f"{self.name}: {what} would make {bad} non-finite (inf/nan: a float32 "
+                "overflow, or a non-finite input); no state was changed")
+
+        checks.require_finite(error, *tensors.values())
+
+    def _check_out(self, state: dict[str, Any], out: torch.Tensor | None) -> None:
+        """``out`` must not share memory with a state tensor (it is written before commit)."""
+        if out is None:
+            return
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"{self.name}: out must be a tensor, got {type(out).__name__}")
+        for key in self.worker_state + self.server_state:
+            if checks.overlap(out, state[key]):
+                raise ValueError(f"{self.name}: out shares memory with state[{key!r}]")
 
     @staticmethod
     def _decode_into(compressor: Compressor, payloads: torch.Tensor, numel: int,

@@ -13,15 +13,22 @@ Each node keeps public copies ``x_hat_j`` of its neighbours' models (here their 
 message size, ``1/(1+omega)`` for an unbiased one, 1 for the identity, with which CHOCO-SGD is
 DSGD). The public copies must see every correction, so the graph must be static. One fused
 pass per step: ``Fusion(residual="sub", update="add")`` with ``h = x_hat_i``.
+
+Hyperparameters: ``gamma`` in ``(0, 1]`` (Koloskova et al.'s consensus step size: a convex
+combination of ``x_i`` and the neighbours' public copies; 1 with the identity is exact
+gossip), ``local_steps`` must be 1.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from gradpack.comm import graphs
 from gradpack.kernels.fusion import Fusion
 
+from . import checks
 from .peer import PeerAlgorithm
 
 _CHOCO = Fusion(residual="sub", update="add", beta=1.0)
@@ -31,16 +38,14 @@ class CHOCOSGD(PeerAlgorithm):
     name = "choco-sgd"
     needs = "contractive"
     worker_state = ("x", "x_hat", "s")
+    ranges = {"gamma": "(0, 1]"}  # the consensus step size
 
     def __init__(self, compressor, *, graph=None, gamma: float | None = None,
                  local_steps: int = 1, seed: int = 0):
-        if gamma is not None and not 0 < gamma <= 1:
-            raise ValueError(f"{self.name}: gamma (consensus step) must be in (0, 1], got "
-                             f"{gamma}")
-        if local_steps != 1:
+        self.gamma = None if gamma is None else self._hparam("gamma", gamma)
+        if checks.integer(self.name, "local_steps", local_steps, "[1, inf)") != 1:
             raise ValueError(f"{self.name}: gossips every iteration (local_steps = 1), got "
                              f"{local_steps}")
-        self.gamma = None if gamma is None else float(gamma)
         super().__init__(compressor, graph=graph, local_steps=local_steps, seed=seed)
 
     @property
@@ -61,12 +66,13 @@ class CHOCOSGD(PeerAlgorithm):
         c = self.compressor
         return 1.0 / (1.0 + c.omega(numel)) if c.unbiased else c.alpha(numel)
 
-    def message(self, state, *, step, phase, rank, lr, stream=0, out=None):
+    def _message(self, state, *, step, phase, rank, stream, out):
         return self._encode(_CHOCO, state["x"], {"h": state["x_hat"]}, state, step=step,
                             phase=phase, rank=rank, stream=stream, out=out)
 
-    def combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream=0):
-        s, x_hat = state["s"], state["x_hat"]
-        self._mix_into(s, received, senders, step=step, phase=phase, stream=stream, scale=w)
+    def _combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream):
+        s = self._mix_into(state["s"].clone(), received, senders, step=step, phase=phase,
+                           stream=stream, scale=w)
         gamma = self.gamma_for(state["numel"])
-        state["x"].add_(s - x_hat * (1.0 - w_self), alpha=gamma)
+        x = torch.add(state["x"], s - state["x_hat"] * (1.0 - w_self), alpha=gamma)
+        return {"s": s, "x": x}

@@ -30,4 +30,6 @@ class DCGD(Algorithm):
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
                    out: torch.Tensor | None) -> torch.Tensor:
         """``(1/n) sum_i C(grad f_i(x^k))`` in one decode-and-sum pass."""
-        return self._decode_mean(state, gathered, step=step, stream=stream, out=out)
+        direction = self._decode_mean(state, gathered, step=step, stream=stream, out=out)
+        self._require_finite(f"aggregate at step {step}", direction=direction)
+        return direction

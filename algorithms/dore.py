@@ -25,6 +25,19 @@ so ``E||e^{k+1}||^2 <= C eta^2 ||e^k||^2``, and it is mean-square stable only fo
 Worker step: one fused pass ``Fusion(residual="sub", update="add", beta=alpha)``, ``h = h_i``;
 the server's compression is a fused ``Fusion(update="error")`` pass with ``h = e`` (both run
 unfused in float64 for float64 state, where DORE reaches float64 accuracy).
+
+Hyperparameters (seed 002, "Convergence analysis"): ``alpha`` in ``(0, 1]`` (``h_i`` is the
+running average ``(1 - alpha) h_i + alpha (h_i + Q(Delta_i))``; both theorems take
+``alpha <= (1 + sqrt(1 - delta)) / (2(C+1)) <= 1``), ``beta`` in ``(0, 1]`` (the strongly
+convex theorem: ``0 < beta <= 1/(C+1)``), ``eta`` in ``[0, inf)`` (``0``: no error
+compensation; the theorem's upper bound depends on ``C``, and on the stability note above),
+``gamma`` in ``(0, inf)``; the downlink scale ``beta / gamma`` must be finite and nonzero in
+float32 (checked here when ``beta`` is given, at the first step for the default).
+
+The server step is transactional: the peers' payloads are decoded (checked, into scratch),
+``q``, the new ``h`` and the new ``e`` are computed into scratch, ``q`` is encoded (which
+raises :class:`~gradpack.errors.NonFiniteError` on an overflowed ``q``), the new state is
+checked finite (one ``aminmax`` over ``[h; e]``), and ``h``, ``e`` are written last.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import torch
 from gradpack.compressors import Compressor
 from gradpack.kernels.fusion import Fusion
 
+from . import checks
 from .base import SERVER, Algorithm
 
 _SERVER_FUSION = Fusion(update="error")  # q_hat = Q(q), e <- q - q_hat
@@ -46,6 +60,8 @@ class DORE(Algorithm):
     needs = "unbiased"
     worker_state = ("h_i",)
     server_state = ("h", "e")
+    # seed 002 (module docstring); eta = 0: no error compensation
+    ranges = {"alpha": "(0, 1]", "beta": "(0, 1]", "eta": "[0, inf)", "gamma": "(0, inf)"}
 
     def __init__(
         self,
@@ -57,15 +73,13 @@ class DORE(Algorithm):
         gamma: float = 1.0,
         seed: int = 0,
     ):
-        for name, v in (("alpha", alpha), ("beta", beta)):
-            if v is not None and not 0 < v <= 1:
-                raise ValueError(f"dore: {name} must be in (0, 1], got {v}")
-        if eta is not None and not eta >= 0:
-            raise ValueError(f"dore: eta must be >= 0 (0: no error compensation), got {eta}")
-        if not gamma > 0:
-            raise ValueError(f"dore: gamma must be > 0, got {gamma}")
-        self.alpha, self.beta, self.gamma = alpha, beta, float(gamma)
-        self.eta = None if eta is None else float(eta)
+        # None: the seed's default for the compressor's omega at the message size (*_for)
+        self.alpha, self.beta, self.eta = (
+            None if v is None else self._hparam(k, v)
+            for k, v in (("alpha", alpha), ("beta", beta), ("eta", eta)))
+        self.gamma = self._hparam("gamma", gamma)
+        if self.beta is not None:
+            checks.fp32_scalar(self.name, "beta / gamma", self.beta / self.gamma)
         super().__init__(compressor, seed=seed)
 
     @property
@@ -94,31 +108,68 @@ class DORE(Algorithm):
     def fused_state(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"h": state["h_i"]}
 
+    def downlink_scale(self, numel: int) -> float:
+        """``-beta / gamma``, the direction's factor on ``q_hat`` (checked finite in fp32)."""
+        return -checks.fp32_scalar(self.name, "beta / gamma", self.beta_for(numel) / self.gamma)
+
+    def _server(self, state: dict[str, Any], gathered: torch.Tensor, step: int,
+                stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed ``q_hat`` and the new ``[h; e]`` (scratch, not yet checked finite);
+        writes no state. The peers' payloads are checked by their decode and ``q`` by its
+        encode, both before anything is written."""
+        numel, _ = self.check_state(state)
+        h, e = state["h"], state["e"]
+        new = torch.empty(2, numel, dtype=h.dtype, device=h.device)  # [h^{k+1}; e^{k+1}]
+        h_new, e_new = new[0], new[1]
+        delta_hat = self._decode_mean(state, gathered, step=step, stream=stream, out=h_new)
+        q = torch.add(h, delta_hat)  # g_hat^k = h^k + Delta_hat^k
+        q.mul_(-self.gamma).add_(torch.mul(e, self.eta_for(numel), out=e_new))  # q^k (e_new:
+        # scratch for eta e^k; the encode overwrites it with e^{k+1} = q^k - q_hat^k)
+        delta_hat.mul_(self.alpha_for(numel)).add_(h)  # h^{k+1} = h^k + alpha Delta_hat^k
+        down = self._compress(self.compressor, _SERVER_FUSION, q, {"h": e_new},
+                              seed=self.seed_for(step, SERVER, stream), out=None,
+                              dtype=e.dtype, guard=False)
+        return down, new
+
+    @staticmethod
+    def _commit(state: dict[str, Any], new: torch.Tensor) -> None:
+        state["h"].copy_(new[0])
+        state["e"].copy_(new[1])
+
     def server_step(
         self, state: dict[str, Any], gathered: torch.Tensor, *, step: int, stream: int = 0
     ) -> torch.Tensor:
         """Decode the mean residual, update ``h`` and ``e``; returns the packed ``q_hat``."""
-        numel, _ = self.check_state(state)
-        h, e = state["h"], state["e"]
-        delta_hat = self._decode_mean(state, gathered, step=step, stream=stream, out=None)
-        q = torch.add(h, delta_hat)  # g_hat^k = h^k + Delta_hat^k
-        h.add_(delta_hat.mul_(self.alpha_for(numel)))  # h^{k+1} = h^k + alpha Delta_hat^k
-        q.mul_(-self.gamma).add_(e * self.eta_for(numel))  # q^k = -gamma g_hat^k + eta e^k
-        return self._compress(self.compressor, _SERVER_FUSION, q, {"h": e},
-                              seed=self.seed_for(step, SERVER, stream), out=None, dtype=e.dtype)
+        down, new = self._server(state, gathered, step, stream)
+        self._require_finite(f"server step {step}", h=new[0], e=new[1])
+        self._commit(state, new)
+        return down
 
-    def apply_downlink(self, state, down, *, step, stream=0, out=None):
-        """``direction = -beta * q_hat / gamma`` (so ``x_hat += beta * q_hat`` at lr = gamma)."""
+    def _downlink(self, state, down, step, stream, out) -> torch.Tensor:
         numel, _ = self.check_state(state)
-        if down.dim() != 1:
-            raise ValueError(f"dore: downlink payload must be 1-D, got {list(down.shape)}")
+        if not isinstance(down, torch.Tensor) or down.dim() != 1:
+            raise ValueError("dore: downlink payload must be a 1-D tensor")
+        self._check_out(state, out)
         return self._decode_into(self.compressor, down[None], numel,
                                  [self.seed_for(step, SERVER, stream)], out=out,
-                                 scale=-self.beta_for(numel) / self.gamma, add=False,
+                                 scale=self.downlink_scale(numel), add=False,
                                  dtype=self.state_dtype(state))
+
+    def apply_downlink(self, state, down, *, step, stream=0, out=None):
+        """``direction = -beta * q_hat / gamma`` (so ``x_hat += beta * q_hat`` at lr = gamma);
+        :class:`~gradpack.errors.NonFiniteError` if that overflows."""
+        direction = self._downlink(state, down, step, stream, out)
+        self._require_finite(f"downlink at step {step}", direction=direction)
+        return direction
 
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
                    out: torch.Tensor | None) -> torch.Tensor:
-        """Every rank runs the server's step on its replica (same seeds, same ``q_hat``)."""
-        down = self.server_step(state, gathered, step=step, stream=stream)
-        return self.apply_downlink(state, down, step=step, stream=stream, out=out)
+        """Every rank runs the server's step on its replica (same seeds, same ``q_hat``); the
+        direction is decoded, and checked finite with the new ``h`` and ``e`` (one host
+        read), before they are committed."""
+        self.downlink_scale(self.check_state(state)[0])  # a bad scale fails before any work
+        down, new = self._server(state, gathered, step, stream)
+        direction = self._downlink(state, down, step, stream, out)
+        self._require_finite(f"server step {step}", h=new[0], e=new[1], direction=direction)
+        self._commit(state, new)
+        return direction

@@ -39,11 +39,12 @@ class DSGD(PeerAlgorithm):
                           "(compressed gossip with error feedback)", CompressorWarning,
                           stacklevel=4)
 
-    def message(self, state, *, step, phase, rank, lr, stream=0, out=None):
+    def _message(self, state, *, step, phase, rank, stream, out):
         return self._encode(PLAIN, state["x"], {}, state, step=step, phase=phase, rank=rank,
                             stream=stream, out=out)
 
-    def combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream=0):
+    def _combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream):
         """``x_i <- w_ii x_i + sum_j w_ij x_j``."""
-        x = state["x"].mul_(w_self)
-        self._mix_into(x, received, senders, step=step, phase=phase, stream=stream, scale=w)
+        x = self._mix_into(state["x"] * w_self, received, senders, step=step, phase=phase,
+                           stream=stream, scale=w)
+        return {"x": x}

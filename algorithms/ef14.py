@@ -12,6 +12,9 @@ Initialisation ``e_i^0 = 0``. The memory holds ``gamma * grad``; the caller appl
 memory in gradient units with ``lr`` outside (the same iterates for positively homogeneous
 compressors such as Top-K and scaled sign). The worker step is one fused pass:
 ``Fusion(residual="error", gamma, update="error")`` with ``h = e_i``.
+
+Hyperparameter: ``gamma`` in ``(0, inf)`` (seed 003: "gamma > 0 is the step-size"), with
+``1 / gamma`` finite in float32 too (the aggregate's scale).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from gradpack.compressors import Compressor
 from gradpack.kernels.fusion import Fusion
 
+from . import checks
 from .base import Algorithm
 
 
@@ -30,11 +34,11 @@ class EF14(Algorithm):
     name = "ef14"
     needs = "contractive"
     worker_state = ("e_i",)
+    ranges = {"gamma": "(0, inf)"}  # seed 003
 
     def __init__(self, compressor: Compressor, *, gamma: float = 1.0, seed: int = 0):
-        if not gamma > 0:
-            raise ValueError(f"ef14: gamma must be > 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = self._hparam("gamma", gamma)
+        checks.fp32_scalar(self.name, "1 / gamma", 1.0 / self.gamma)
         super().__init__(compressor, seed=seed)
 
     @property
@@ -50,6 +54,8 @@ class EF14(Algorithm):
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
                    out: torch.Tensor | None) -> torch.Tensor:
         """``(1/n) sum_i Delta_i / gamma`` in one decode-and-sum pass."""
-        return self._decode_mean(
+        direction = self._decode_mean(
             state, gathered, step=step, stream=stream, out=out, scale=1.0 / self.gamma
         )
+        self._require_finite(f"aggregate at step {step}", direction=direction)
+        return direction

@@ -50,9 +50,17 @@ class EF21(Algorithm):
 
     def _aggregate(self, state: dict[str, Any], gathered: torch.Tensor, step: int, stream: int,
                    out: torch.Tensor | None) -> torch.Tensor:
-        """``g <- g + (1/n) sum_i c_i`` (one decode-and-sum pass into ``g``); returns ``g``."""
+        """``g <- g + (1/n) sum_i c_i``; returns ``g``. The new ``g`` is summed into the
+        direction buffer (``out`` when it fits, else a new tensor) in one decode-and-sum pass,
+        checked finite, and only then copied into ``g``."""
         g = state["g"]
-        self._decode_mean(state, gathered, step=step, stream=stream, out=g, add=True)
-        if out is None:
-            return g.clone()
-        return out.copy_(g)
+        fits = (out is not None and out.dtype == g.dtype and out.shape == g.shape
+                and out.device == g.device and out.is_contiguous())
+        g_new = out if fits else torch.empty_like(g)
+        g_new.copy_(g)
+        self._decode_mean(state, gathered, step=step, stream=stream, out=g_new, add=True)
+        self._require_finite(f"aggregate at step {step}", g=g_new)
+        g.copy_(g_new)
+        if out is None or fits:
+            return g_new
+        return out.copy_(g_new)

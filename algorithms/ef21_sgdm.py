@@ -11,6 +11,9 @@ Initialisation as in the paper's Algorithm 1 with ``B_init`` = the caller's batc
 ``v_i^0 = g_i^0 = grad f_i(x^0, xi_i^0)``, sent uncompressed at step 0 (a fused step with
 ``eta = 1`` and the ``identity`` compressor). Every later worker step is one fused pass:
 ``Fusion(momentum=1, eta, residual="sub", update="add", beta=1)``.
+
+Hyperparameter: ``eta`` in ``(0, 1]`` (seed 003's Algorithm 1: "eta in (0, 1]"; ``eta = 1`` is
+EF21 on the stochastic gradient).
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ class EF21SGDM(EF21):
     name = "ef21-sgdm"
     worker_state = ("v_i", "g_i")
     momentum = 1
+    ranges = {"eta": "(0, 1]"}  # seed 003, Algorithm 1
 
     def __init__(self, compressor: Compressor, *, eta: float = 0.1, seed: int = 0):
-        if not 0.0 < eta <= 1.0:
-            raise ValueError(f"{self.name}: eta must be in (0, 1], got {eta}")
-        self.eta = float(eta)
+        self.eta = self._hparam("eta", eta)
         super().__init__(compressor, seed=seed)
 
     @property

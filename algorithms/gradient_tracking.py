@@ -20,8 +20,11 @@ use an exact or near-exact one (see :mod:`.dsgd`).
 
 from __future__ import annotations
 
+import torch
+
 from gradpack.kernels.fusion import PLAIN
 
+from . import checks
 from .dsgd import DSGD
 
 
@@ -32,25 +35,24 @@ class GradientTracking(DSGD):
     pre_phases = 1  # y is mixed before the step follows it
 
     def __init__(self, compressor, *, graph=None, local_steps: int = 1, seed: int = 0):
-        if local_steps != 1:
+        if checks.integer(self.name, "local_steps", local_steps, "[1, inf)") != 1:
             raise ValueError(f"{self.name}: the tracker needs a gossip every iteration "
                              f"(local_steps = 1), got {local_steps}")
         super().__init__(compressor, graph=graph, local_steps=local_steps, seed=seed)
 
-    def local_update(self, state, grad, *, step, lr):
+    def _local(self, state, grad, *, step, lr):
         """``y_i <- y_i + g_i^k - g_i^(k-1)`` (the message of phase 0)."""
-        g = grad.to(state["y"].dtype)
-        state["y"].add_(g).sub_(state["g_prev"])
-        state["g_prev"].copy_(g)
+        return {"y": torch.add(state["y"], grad).sub_(state["g_prev"]), "g_prev": grad}
 
-    def message(self, state, *, step, phase, rank, lr, stream=0, out=None):
+    def _message(self, state, *, step, phase, rank, stream, out):
         key = "y" if phase == 0 else "x"
         return self._encode(PLAIN, state[key], {}, state, step=step, phase=phase, rank=rank,
                             stream=stream, out=out)
 
-    def combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream=0):
+    def _combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream):
         key = "y" if phase == 0 else "x"
-        t = state[key].mul_(w_self)
-        self._mix_into(t, received, senders, step=step, phase=phase, stream=stream, scale=w)
+        t = self._mix_into(state[key] * w_self, received, senders, step=step, phase=phase,
+                           stream=stream, scale=w)
         if phase == 0:  # the half step x_i - gamma y_i, sent in phase 1
-            state["x"].sub_(state["y"], alpha=lr)
+            return {"y": t, "x": torch.sub(state["x"], t, alpha=lr)}
+        return {"x": t}

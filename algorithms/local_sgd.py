@@ -12,6 +12,10 @@ With the identity compressor and ``eta_s = 1`` this is ``x^(r+1) = (1/n) sum_i x
 (to the float32 rounding of the deltas on the wire, which ``e_i`` feeds back), and
 ``local_steps = 1`` is parallel SGD. ``x_ref`` holds ``x^(r)``, the same on every rank. One
 fused pass per round: ``Fusion(residual="error", update="error")`` with ``h = e_i``.
+
+Hyperparameters: ``local_steps`` an int in ``[1, inf)`` (seed 000's K), ``server_lr`` in
+``(0, inf)`` (the server step size ``eta_s`` of FedAvg with server learning rate; 1 is
+plain averaging).
 """
 
 from __future__ import annotations
@@ -32,26 +36,24 @@ class LocalSGD(PeerAlgorithm):
     kind = "average"
     worker_state = ("x", "x_ref", "e")
     model_copies = ("x", "x_ref")
+    ranges = {"server_lr": "(0, inf)"}
 
     def __init__(self, compressor: Compressor, *, local_steps: int = 1, server_lr: float = 1.0,
                  graph=None, seed: int = 0):
-        if not server_lr > 0:
-            raise ValueError(f"{self.name}: server_lr must be > 0, got {server_lr}")
-        self.server_lr = float(server_lr)
+        self.server_lr = self._hparam("server_lr", server_lr)
         super().__init__(compressor, graph=graph, local_steps=local_steps, seed=seed)
 
     @property
     def hparams(self) -> dict[str, Any]:
         return {**super().hparams, "server_lr": self.server_lr}
 
-    def message(self, state, *, step, phase, rank, lr, stream=0, out=None):
+    def _message(self, state, *, step, phase, rank, stream, out):
         delta = state["x"] - state["x_ref"]
         return self._encode(_EF, delta, {"h": state["e"]}, state, step=step, phase=phase,
                             rank=rank, stream=stream, out=out)
 
-    def combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream=0):
+    def _combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream):
         """``x^(r+1) = x^(r) + eta_s mean_i Delta_i``; every worker restarts from it."""
-        x_ref = state["x_ref"]
-        self._mix_into(x_ref, received, senders, step=step, phase=phase, stream=stream,
-                       scale=self.server_lr * w)
-        state["x"].copy_(x_ref)
+        x_ref = self._mix_into(state["x_ref"].clone(), received, senders, step=step,
+                               phase=phase, stream=stream, scale=self.server_lr * w)
+        return {"x_ref": x_ref, "x": x_ref}

@@ -16,6 +16,7 @@ import torch
 
 from gradpack.comm import Transport
 
+from . import checks
 from .peer import PeerAlgorithm
 
 
@@ -43,8 +44,7 @@ def peer_round(
     if len(states) != len(ranks) or grads is not None and len(grads) != len(ranks):
         raise ValueError(f"{len(ranks)} hosted ranks but {len(states)} states and "
                          f"{len(grads)} gradients")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    lr = checks.real(alg.name, "lr", lr, "(0, inf)")
     numel = states[0]["numel"]
     ledger = transport.ledger
     if ledger is not None:
@@ -72,6 +72,7 @@ def run_phase(
     """Exchange ``phase`` of iteration ``step`` (message, transport, combine) for the hosted
     ranks; :func:`peer_round` runs them all, the model averager splits them around the
     caller's optimizer step (``lr = 0``: the caller applies the step)."""
+    lr = checks.real(alg.name, "lr", lr, "[0, inf)")
     kinds = alg.phases(step)
     if not 0 <= phase < len(kinds):
         raise ValueError(f"{alg.name}: iteration {step} has {len(kinds)} exchanges, not "

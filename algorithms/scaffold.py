@@ -17,6 +17,8 @@ is plain local SGD. Fused passes: ``Fusion(residual="sub", update="add")`` with 
 
 from __future__ import annotations
 
+import torch
+
 from gradpack.kernels.fusion import Fusion
 
 from .local_sgd import LocalSGD
@@ -29,22 +31,22 @@ class SCAFFOLD(LocalSGD):
     worker_state = ("x", "x_ref", "e", "c_i", "c", "c_acc")
     phase_count = 2  # the model delta, then the control variate
 
-    def direction(self, state, grad, *, step):
+    def _direction(self, state, grad, *, step):
         """``g - c_i + c``, accumulating ``c_acc += g / K``."""
-        state["c_acc"].add_(grad, alpha=1.0 / self.local_steps)
-        return grad - state["c_i"] + state["c"]
+        c_acc = torch.add(state["c_acc"], grad, alpha=1.0 / self.local_steps)
+        return grad - state["c_i"] + state["c"], {"c_acc": c_acc}
 
-    def message(self, state, *, step, phase, rank, lr, stream=0, out=None):
+    def _message(self, state, *, step, phase, rank, stream, out):
         if phase == 0:
-            return super().message(state, step=step, phase=phase, rank=rank, lr=lr,
-                                   stream=stream, out=out)
+            return super()._message(state, step=step, phase=phase, rank=rank, stream=stream,
+                                    out=out)
         return self._encode(_EF21, state["c_acc"], {"h": state["c_i"]}, state, step=step,
                             phase=phase, rank=rank, stream=stream, out=out)
 
-    def combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream=0):
+    def _combine(self, state, received, senders, *, step, phase, lr, w_self, w, stream):
         if phase == 0:
-            return super().combine(state, received, senders, step=step, phase=phase, lr=lr,
-                                   w_self=w_self, w=w, stream=stream)
-        self._mix_into(state["c"], received, senders, step=step, phase=phase, stream=stream,
-                       scale=w)
-        state["c_acc"].zero_()
+            return super()._combine(state, received, senders, step=step, phase=phase, lr=lr,
+                                    w_self=w_self, w=w, stream=stream)
+        c = self._mix_into(state["c"].clone(), received, senders, step=step, phase=phase,
+                           stream=stream, scale=w)
+        return {"c": c, "c_acc": torch.zeros_like(c)}

@@ -39,7 +39,7 @@ def hparam_names(name: str) -> list[str]:
 
 
 def _lookup(name: str) -> type[Algorithm]:
-    cls = REGISTRY.get(name.strip().lower() if isinstance(name, str) else name)
+    cls = REGISTRY.get(name.strip().lower()) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown algorithm {name!r}; known: {names()}")
     return cls
@@ -56,7 +56,10 @@ def from_spec(
     ``eta`` (ef21-sgdm, ef21-sgd2m, dore); ``alpha``, ``beta`` (dore); ``local_steps``
     (local-sgd, scaffold, dsgd), ``server_lr`` (local-sgd, scaffold); ``graph`` (dsgd,
     gradient-tracking, choco-sgd: ``ring``, ``exp``, ``one-peer-exp``, ``complete`` or a
-    :class:`gradpack.comm.graphs.Graph`). Unknown ones raise ``ValueError``.
+    :class:`gradpack.comm.graphs.Graph`). Unknown ones raise ``ValueError``, and so does a
+    value outside its range (each class's ``ranges``, checked by :mod:`.checks`: a real
+    number, finite, in the paper's interval, finite and nonzero in float32; ``seed`` and
+    ``local_steps`` ints).
     """
     cls = _lookup(name)
     accepted = hparam_names(cls.name)

@@ -14,8 +14,7 @@ Callback (``future.then``, compute only, never a collective)::
 
     flag every rank's header (same step, same layout, finite gradient, worker step ok)
     direction_u = alg.aggregate(unit.state, gathered[:, slice_u], step=k, stream=unit.stream)
-    the bucket slices of unit u = direction_u       (cast to the bucket's dtype), flagged if
-                                                     not finite
+    the bucket slices of unit u = direction_u       (cast to the bucket's dtype)
     the last callback of the step: read every flag at once; commit, or restore every
     snapshot and fail (or skip) the step on every rank                  (round.py)
 
@@ -169,7 +168,7 @@ def _send(state: HookState, rnd: Round, pieces, step: int, where: str, t0: float
                 _check_rows(state, rows, send, faults, where, step, rnd)
                 t3 = time.perf_counter()
                 with faults.deferred():
-                    _aggregate(alg, pieces, sizes, rows, step, faults, where, rank)
+                    _aggregate(alg, pieces, sizes, rows, step)
                 with state._lock:
                     state.stats.comm_s += t2 - t1
                     state.stats.decode_s += time.perf_counter() - t3
@@ -223,22 +222,19 @@ def _mismatch(rows, where, state) -> Exception:
     return RuntimeError(f"gradpack.ddp (rank {state.rank}): headers of {where} disagree")
 
 
-def _aggregate(alg, pieces, sizes, rows, step, faults: Faults, where, rank) -> None:
-    """Each unit's direction into its bucket slices, with a flag if one is not finite."""
+def _aggregate(alg, pieces, sizes, rows, step) -> None:
+    """Each unit's direction into its bucket slices (the algorithm flags a non-finite one:
+    its aggregate commits its state only if the direction is finite)."""
     off = HEADER_BYTES
     for pc, size in zip(pieces, sizes, strict=True):
         payloads = rows[:, off:off + size]
         off += size
         view = pc.view()
         if view is not None:
-            direction = alg.aggregate(pc.unit.state, payloads, step=step,
-                                      stream=pc.unit.stream, out=view)
+            alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream, out=view)
         else:
             direction = alg.aggregate(pc.unit.state, payloads, step=step, stream=pc.unit.stream)
             pc.scatter(direction)
-        faults.flag(_nonfinite(direction), lambda: NonFiniteError(
-            f"gradpack.ddp (rank {rank}): the direction of {where} at step {step} is not "
-            "finite (the aggregate overflowed float32); every rank's state is unchanged"))
 
 
 def _peer_failure(rank, where, step, err) -> PeerFailureError:
