@@ -100,6 +100,9 @@ class Compressor(ABC):
     unbiased: bool = False
     #: uses the seed (so decoding a Random-K payload, for instance, needs the same seed)
     random: bool = False
+    #: ``_encode`` accepts ``pending`` (:class:`.faults.Faults`: base's unread input finite
+    #: flag) and reads it with its own checks before its first write (one host read)
+    encode_settles_pending: bool = False
 
     def __init__(self, *, backend: str = "auto", check_finite: bool = True):
         self.backend = check_backend(backend)
@@ -155,18 +158,28 @@ class Compressor(ABC):
         if checks.overlap(payload, x):
             raise ValueError(f"{self.spec}: out shares memory with the input")
         backend = resolve(self.backend, x.device)
+        pending = None
         if self.check_finite:
             deferred = faults.current()
             if deferred is not None:
                 deferred.flag(_nonfinite(x), lambda: NonFiniteError(
                     f"{self.spec}: input has non-finite values (inf/nan)"))
+            elif self.encode_settles_pending:
+                # read by _encode together with its own range check, before it writes
+                pending = faults.Faults()
+                pending.flag(_nonfinite(x), lambda: NonFiniteError(
+                    f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
+                    "and no state was changed"))
             elif not _all_finite(x):
                 raise NonFiniteError(
                     f"{self.spec}: input has non-finite values (inf/nan); nothing was encoded "
                     "and no state was changed"
                 )
         with torch.no_grad():  # state may require grad; its update is not differentiable
-            self._encode(fusion, x, state, seed, payload, backend)
+            if pending is None:
+                self._encode(fusion, x, state, seed, payload, backend)
+            else:
+                self._encode(fusion, x, state, seed, payload, backend, pending)
         return payload
 
     def decode(

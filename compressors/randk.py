@@ -19,17 +19,27 @@ same seed, so only values travel: ``wire_bits = 32 K``.
 Decoding with ``check_finite`` checks each row's values first (fp32: finite; a value code:
 its own header and value check, :mod:`.elementwise`) and raises
 :class:`~gradpack.errors.CorruptPayloadError` naming the row before anything is written.
+
+Encoding with ``check_finite`` checks the ``K`` values ``r_i * d/K`` (they overflow fp32
+for ``|r_i| > FP32_MAX K/d``) before anything is written and raises
+:class:`~gradpack.errors.RangeError` naming the coordinate; with a value code that flag is
+read together with the code's own range check (:mod:`.elementwise`: one host read).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from gradpack.errors import RangeError
 from gradpack.kernels import randk as kr
+from gradpack.kernels.format import FP32_MAX
 from gradpack.kernels.fusion import PLAIN
 from gradpack.kernels.philox import derive_seed
 
-from .elementwise import ElementwiseCompressor
+from . import faults
+from .elementwise import NOTHING_WRITTEN, ElementwiseCompressor, refuse, settle
 from .sparse import Sparsifier, parse_count
 from .spec import from_spec, register
 
@@ -88,19 +98,52 @@ class RandK(Sparsifier):
             return super().alpha(numel)
         return self.k(numel) / self._check_numel(numel)
 
-    def _encode(self, fusion, x, state, seed, payload, backend) -> None:
-        write = None
+    #: ``_encode`` reads base's ``pending`` checks with its own (:mod:`.elementwise`)
+    encode_settles_pending = True
+
+    def _encode(self, fusion, x, state, seed, payload, backend,
+                pending: faults.Faults | None = None) -> None:
+        d, k = x.numel(), self.k(x.numel())
+        write = check = None
+        if self.values is not None and self.check_finite and faults.current() is None:
+            # the values' flag is read with the value code's header check (one host read)
+            pending = pending if pending is not None else faults.Faults()
         if self.values is not None:
             code, vseed = self.values, derive_seed(seed, VALUE_STREAM)
 
             def write(vals, out):
-                code._encode(PLAIN, vals, {}, vseed, out, backend)
+                code._encode(PLAIN, vals, {}, vseed, out, backend, pending)
                 c = torch.empty_like(vals)
                 code._decode_sum(out[None], vals.numel(), [vseed], c, 1.0, False, backend)
                 return c
 
-        kr.encode(self.unbiased, self.k(x.numel()), fusion, x, state, seed, payload, backend,
-                  write)
+        if self.check_finite:
+            scale = kr.value_scale(d, k, self.unbiased)
+
+            def check(vals, idx):
+                lo, hi = torch.aminmax(vals)
+                bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+                error = functools.partial(self._range_error, vals, idx, scale)
+                if self.values is not None and pending is not None:
+                    pending.flag(bad, lambda: error(NOTHING_WRITTEN))  # read by the code
+                else:
+                    refuse(bad, error, pending)
+        else:
+            settle(pending)
+        try:
+            kr.encode(self.unbiased, k, fusion, x, state, seed, payload, backend, write, check)
+        except RangeError as e:
+            if str(e).startswith(f"{self.spec}:"):
+                raise
+            raise RangeError(f"{self.spec}: value code {e}") from None
+
+    def _range_error(self, vals, idx, scale: float, suffix: str) -> RangeError:
+        """A value ``r_i * d/K`` that is not finite: which coordinate, and the bound."""
+        j = int(torch.nonzero(~torch.isfinite(vals)).view(-1)[0])
+        what = f"r_i * d/K (d/K = {scale:.6g}) exceeds float32's range: |r_i| > " \
+            f"{FP32_MAX / scale:.6g}" if scale != 1.0 else "r_i is not finite (the residual " \
+            "overflowed)"
+        return RangeError(f"{self.spec}: coordinate {int(idx[j])}'s value {what}{suffix}")
 
     def _payload_fault(self, payloads, numel):
         """The fp32 values, or the value code's header and values (for ``K`` elements)."""

@@ -26,6 +26,9 @@ class                      base                raised when
                                                saved error-feedback state without loss
 ``LedgerMismatch``         ``AssertionError``  the bit ledger's payload bytes differ from the
                                                bytes handed to the collectives (a bug)
+``RangeError``             ``ValueError`` (and a finite input whose code does not fit float32
+                           ``OverflowError``)  (a norm above 3.4e38, a Random-K value times
+                                               d/K); nothing was encoded
 =========================  ==================  =============================================
 """
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError", "ConfigMismatchError", "CorruptPayloadError", "HeaderMismatchError",
     "HookStateError", "LayoutError", "LedgerMismatch", "NonFiniteError",
-    "NonFiniteGradientError", "PeerFailureError",
+    "NonFiniteGradientError", "PeerFailureError", "RangeError",
 ]
 
 
@@ -77,3 +80,8 @@ class LayoutError(RuntimeError):
 
 class LedgerMismatch(AssertionError):
     """The algorithmic payload bytes and the bytes handed to the collectives differ."""
+
+
+class RangeError(ValueError, OverflowError):
+    """A finite input whose compressed form does not fit float32 (a header norm or a scaled
+    value beyond 3.4e38); raised before anything is written."""

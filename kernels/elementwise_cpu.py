@@ -2,13 +2,15 @@
 decode-and-sum of every elementwise format, bit for bit the torch twin's.
 
 Encode is one stats pass for the formats with a header (:mod:`.treesum_cpu`, the
-documented order), the header quantities once per segment (:func:`header_stats`, as the
-twin's ``header_stats``), then one pass over blocks of ``BLOCK`` elements, in parallel
+documented order; the overflow rescue sums, :mod:`.format`, only when a sum is ``inf``),
+the header once per segment (:func:`header_values`, :func:`header_stats`, as the twin's),
+the caller's check of it, then one pass over blocks of ``BLOCK`` elements, in parallel
 (:func:`.native.run_blocks`): the fusion prologue into an fp32 scratch block, the code
 and ``c = C(r)``, the packed words, the epilogue. Sign without an epilogue or momentum is
 one pass: its bits do not depend on the header, so the stats pass packs them
-(:func:`_sign_pass`). Decode-and-sum walks the same blocks, and for each block every payload row
-in order, accumulating in fp32 scratch, then writes ``out`` once. Blocks start on a
+(:func:`_sign_pass`, into scratch words copied to the payload after the check).
+Decode-and-sum walks the same blocks, and for each block every payload row in order,
+accumulating in fp32 scratch, then writes ``out`` once. Blocks start on a
 multiple of 32 elements, so each writes only its own payload words and output elements:
 the result does not depend on the thread count. Decoding reads only inside the payload
 rows (sizes are checked, field reads are bounded) and writes only ``out[0:d]``.
@@ -16,13 +18,27 @@ rows (sizes are checked, field reads are bounded) and writes only ``out[0:d]``.
 
 from __future__ import annotations
 
+import threading
+
 import numba as nb
 import numpy as np
 import torch
 
 from .bitpack import words_for
 from .bitpack_cpu import field
-from .format import FP16_MAX, TINY, TINY_SCALE, Kind
+from .elementwise import Header
+from .format import (
+    FP16_MAX,
+    FP32_MAX,
+    HUGE,
+    HUGE_SCALE,
+    PREV_MAX,
+    TINY,
+    TINY_SCALE,
+    UNDO_ABS,
+    UNDO_SQUARE,
+    Kind,
+)
 from .fusion import Fusion, Update, check_state
 from .fusion_cpu import (
     BF16,
@@ -56,6 +72,13 @@ _HALF = np.float32(0.5)
 _HMAX = np.float32(FP16_MAX)
 _TINY = np.float32(TINY)
 _TINY_SCALE = np.float32(TINY_SCALE)
+_HUGE = np.float32(HUGE)
+_HUGE_SCALE = np.float32(HUGE_SCALE)
+_INF = np.float32(np.inf)
+_FMAX = np.float32(FP32_MAX)
+_PREV_MAX = np.float32(PREV_MAX)
+_UNDO_ABS = np.float32(UNDO_ABS)
+_UNDO_SQUARE = np.float32(UNDO_SQUARE)
 _EMPTY_F32 = np.empty(0, dtype=np.float32)
 _GATHER = np.uint64(0x0102040810204080)
 _S56 = np.uint64(56)
@@ -68,18 +91,49 @@ _ONES = np.uint64(0x0101010101010101)
 
 
 @nb.njit(**JIT)
-def header_stats(kind, sums, d, levels, maxnorm, header, tiny, factor, step):
-    """Per segment, from its sums: the ``header`` word and the factors the elements are
-    scaled by (sign ``s = sum / d``; ssign ``n``, ``t`` and ``1/2 / (n t)``; qsgd ``n_b``,
-    ``t``, ``S / (n_b t)`` and ``n_b / S``; ``t`` is :data:`.format.TINY_SCALE` for a norm
-    below ``TINY``, else 1), each a correctly rounded fp32 division or square root."""
+def header_values(kind, sums, rescue, d, levels, maxnorm, header):
+    """Per segment, the ``header`` word from its sum (sign ``s = sum / d``, ssign and qsgd
+    ``n = sqrt(sum)``, qsgd:inf ``n_b = max``) or, where the sum is ``+inf``, from its
+    rescue sum (:mod:`.format`, "Overflow"; ``rescue`` is only read there); qsgd's top level
+    kept finite. Each a correctly rounded fp32 division or square root."""
     for b in range(sums.shape[0]):
+        s = sums[b]
         if kind == SIGN:
-            header[b] = sums[b] / np.float32(d)
+            if s == _INF:
+                big = (rescue[b] / np.float32(d)) * _UNDO_ABS
+                header[b] = _FMAX if big == _INF and rescue[b] < _INF else big
+            else:
+                header[b] = s / np.float32(d)
             continue
-        norm = sums[b] if maxnorm else np.sqrt(sums[b])
+        if maxnorm:
+            norm = s
+        elif s == _INF:
+            norm = np.sqrt(rescue[b]) * _UNDO_SQUARE
+        else:
+            norm = np.sqrt(s)
+        if kind == QSGD and (norm / levels) * levels == _INF and norm < _INF:
+            norm = _PREV_MAX
         header[b] = norm
-        t = _TINY_SCALE if norm < _TINY else _ONE
+
+
+@nb.njit(**JIT)
+def header_all(kind, sums, rescue, d, levels, maxnorm, header, tiny, factor, step):
+    """:func:`header_values` then :func:`header_stats`, in one call (one dispatch)."""
+    header_values(kind, sums, rescue, d, levels, maxnorm, header)
+    header_stats(kind, header, levels, tiny, factor, step)
+
+
+@nb.njit(**JIT)
+def header_stats(kind, header, levels, tiny, factor, step):
+    """Per segment, from its ``header`` word, the factors the elements are scaled by
+    (ssign ``t`` and ``1/2 / (n t)``; qsgd ``t``, ``S / (n_b t)`` and ``n_b / S``; ``t`` is
+    :data:`.format.TINY_SCALE` for a norm below ``TINY``, ``HUGE_SCALE`` for one at or
+    above ``HUGE``, else 1), each a correctly rounded fp32 division."""
+    for b in range(header.shape[0]):
+        if kind == SIGN:
+            continue
+        norm = header[b]
+        t = _TINY_SCALE if norm < _TINY else (_HUGE_SCALE if norm >= _HUGE else _ONE)
         tiny[b] = t
         if kind == SSIGN:
             factor[b] = _HALF / (norm * t) if norm > _ZERO else _ZERO
@@ -415,10 +469,53 @@ def _views(pay: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return words, halfs, words.view(np.float32)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch_words(n: int) -> np.ndarray:
+    """``n`` int32 words of this thread's reusable scratch (a fresh buffer of megabytes
+    costs its page faults on every call)."""
+    buf = getattr(_SCRATCH, "words", None)
+    if buf is None or buf.shape[0] < n:
+        buf = _SCRATCH.words = np.empty(max(n, 1024), dtype=np.int32)
+    return buf[:n]
+
+
+def _header(fmt, d: int, sums: np.ndarray, rescue_sums):
+    """``(header, tiny, factor, step)``: the :class:`.elementwise.Header` from the segment
+    ``sums`` (``rescue_sums(scale)`` runs the rescue pass, only when some sum is ``+inf``)
+    and the per-segment factors of :func:`header_stats` (numpy)."""
+    scale = fmt.rescue_scale()
+    rescue = _EMPTY_F32
+    if scale is not None and np.isinf(sums).any():
+        rescue = rescue_sums(scale)
+    header, tiny, factor, step = np.zeros((4, sums.shape[0]), dtype=np.float32)  # one alloc
+    header_all(np.int64(_kind_of(fmt)), sums, rescue, np.int64(d),
+               np.float32(float(fmt.levels)), bool(fmt.maxnorm), header, tiny, factor, step)
+    head = Header(fmt, d, torch.from_numpy(header), torch.from_numpy(sums),
+                  torch.from_numpy(rescue) if rescue.shape[0] else None)
+    return head, tiny, factor, step
+
+
+def values_of(fmt, d: int, sums: torch.Tensor, rescue: torch.Tensor | None) -> torch.Tensor:
+    """Twin of :func:`.elementwise_torch.header_values` (``d`` elements; fp32 CPU tensors,
+    ``rescue`` needed only where a sum is ``+inf``)."""
+    if rescue is None and bool((sums == np.inf).any()) and not fmt.maxnorm:
+        raise ValueError("header values: a sum is inf and no rescue sums were given")
+    if rescue is not None and rescue.numel() != sums.numel():
+        raise ValueError(f"header values: {sums.numel()} sums, {rescue.numel()} rescue sums")
+    header = np.empty(sums.numel(), dtype=np.float32)
+    header_values(np.int64(_kind_of(fmt)), array(sums), _EMPTY_F32 if rescue is None else
+                  array(rescue), np.int64(d), np.float32(float(fmt.levels)), bool(fmt.maxnorm),
+                  header)
+    return torch.from_numpy(header)
+
+
 def encode(fmt, fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seed: int,
-           payload: torch.Tensor) -> None:
+           payload: torch.Tensor, check=None) -> None:
     """Native twin of :func:`.elementwise.encode_torch`: write the payload of
-    ``C(prologue(x))`` (header and packed codes) and apply the epilogue in place."""
+    ``C(prologue(x))`` (header and packed codes) and apply the epilogue in place; formats
+    with a header call ``check(header)`` before writing anything."""
     d = x.numel()
     kind = _kind_of(fmt)
     if x.device.type != "cpu" or x.dim() != 1 or not x.is_contiguous() or d < 1:
@@ -440,23 +537,33 @@ def encode(fmt, fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor],
     nh = fmt.header_words(d)
     levels = np.float32(float(fmt.levels))
     header = tiny = factor = step = _EMPTY_F32
+
+    def rescue_sums(scale):
+        return sums_of(xf, xh, xkind, v, u, h, d, fmt.segment(d), int(fmt.stats_op()), fs,
+                       scale)
+
     if kind == SIGN and momentum == 0 and ucode == NONE:
         p = chunk_width(d)
         partial = np.empty(-(-d // p), dtype=np.float32)
+        ncw = words_for(d, 1)
+        bitwords = _scratch_words(ncw)  # the payload is written after the check
         run_blocks(_sign_pass, partial.shape[0], max(1, GRAIN * BLOCK // p), xf, xh, xkind, v,
-                   u, h, np.int64(d), np.int64(p), rcode, gamma, partial, words, np.int64(nh))
+                   u, h, np.int64(d), np.int64(p), rcode, gamma, partial, bitwords,
+                   np.int64(0))
         sums = np.empty(1, dtype=np.float32)
         finish(partial, np.int64(1), np.int64(partial.shape[0]), np.int64(ABS), sums)
-        header = np.empty(1, dtype=np.float32)
-        header_stats(np.int64(kind), sums, np.int64(d), levels, False, header, header, header,
-                     header)
-        words[:nh] = header.view(np.int32)
+        head = _header(fmt, d, sums, rescue_sums)[0]
+        if check is not None:
+            check(head)
+        words[nh : nh + ncw] = bitwords
+        words[:nh] = array(head.values).view(np.int32)
         return
     if fmt.packed:
         sums = sums_of(xf, xh, xkind, v, u, h, d, fmt.segment(d), int(fmt.stats_op()), fs)
-        header, tiny, factor, step = (np.zeros_like(sums) for _ in range(4))
-        header_stats(np.int64(kind), sums, np.int64(d), levels, bool(fmt.maxnorm), header,
-                     tiny, factor, step)
+        head, tiny, factor, step = _header(fmt, d, sums, rescue_sums)
+        header = array(head.values)
+        if check is not None:
+            check(head)  # nothing is written before this
     k0, k1 = keys(seed) if kind in (SSIGN, QSGD) else (np.uint64(0), np.uint64(0))
     run_blocks(_encode, -(-d // BLOCK), GRAIN, xf, xh, xkind, v, u, h, words, halfs, floats,
                header, tiny, factor, step, np.int64(d), np.int64(kind), np.int64(fmt.width), levels,

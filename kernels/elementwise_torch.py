@@ -14,11 +14,24 @@ import torch
 from . import philox_torch
 from .bitpack import words_for
 from .bitpack_torch import pack_words, unpack_fields
-from .format import FP16_MAX, TINY, TINY_SCALE, Format, Kind
+from .elementwise import Header
+from .format import (
+    FP16_MAX,
+    FP32_MAX,
+    HUGE,
+    HUGE_SCALE,
+    PREV_MAX,
+    TINY,
+    TINY_SCALE,
+    UNDO_ABS,
+    UNDO_SQUARE,
+    Format,
+    Kind,
+)
 from .fusion import Fusion
 from .fusion_torch import epilogue, prologue
 from .treesum import Op
-from .treesum_torch import tree_sum_rows
+from .treesum_torch import op_terms, tree_sum_rows
 
 
 def _f32(x) -> torch.Tensor:
@@ -64,13 +77,39 @@ def uniforms(seed: int, lo: int, hi: int, device) -> torch.Tensor:
     return philox_torch.uniforms(seed, lo, hi, device)
 
 
-def header_stats(fmt: Format, sums: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-segment quantities of the header, computed once per encode: the header itself
-    and the factors each element of the segment is scaled by."""
+def header_values(fmt: Format, sums: torch.Tensor, rescue: torch.Tensor | None) -> torch.Tensor:
+    """The header (fp32, per segment) from the segment sums and, where a plain sum is
+    ``+inf``, the rescue sums (:mod:`.format`, "Overflow"; ``rescue`` may be ``None`` when
+    no sum is)."""
+    inf = sums == float("inf")
     if fmt.kind == Kind.SIGN:
-        return {"header": _div(sums, _f32(float(fmt.numel)))}
-    norm = sums if fmt.maxnorm else _sqrt(sums)
-    tiny = torch.where(norm < TINY, TINY_SCALE, 1.0).to(torch.float32)  # format.py: TINY
+        s = _div(sums, _f32(float(fmt.numel)))
+        if rescue is None:
+            return s
+        big = _div(rescue, _f32(float(fmt.numel))) * UNDO_ABS  # exact unless it overflows
+        big = torch.where((big == float("inf")) & (rescue < float("inf")), FP32_MAX, big)
+        return torch.where(inf, big, s)
+    if fmt.maxnorm:
+        norm = sums
+    else:
+        norm = _sqrt(sums)
+        if rescue is not None:
+            norm = torch.where(inf, _sqrt(rescue) * UNDO_SQUARE, norm)
+    if fmt.kind == Kind.QSGD:  # the top level S * (n_b / S) must stay finite
+        levels = _f32(float(fmt.levels))
+        top = _div(norm, levels) * levels
+        norm = torch.where((top == float("inf")) & (norm < float("inf")), PREV_MAX, norm)
+    return norm
+
+
+def header_stats(fmt: Format, header: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-segment quantities of the header, computed once per encode: the header itself
+    (:func:`header_values`) and the factors each element of the segment is scaled by."""
+    if fmt.kind == Kind.SIGN:
+        return {"header": header}
+    norm = header
+    tiny = torch.where(norm < TINY, TINY_SCALE,  # format.py: TINY, HUGE
+                       torch.where(norm >= HUGE, HUGE_SCALE, 1.0)).to(torch.float32)
     if fmt.kind == Kind.SSIGN:
         return {"header": norm, "tiny": tiny,
                 "half_inv": torch.where(norm > 0, _div(0.5, norm * tiny), 0.0)}
@@ -103,9 +142,21 @@ def quantize(fmt: Format, r: torch.Tensor, stats: dict, seed: int, lo: int = 0,
     return codes, torch.where(neg, -c, c)
 
 
-def encode(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tensor):
+def header(fmt: Format, r: torch.Tensor) -> Header:
+    """The :class:`.elementwise.Header` of the residual ``r`` (``fmt.numel`` set)."""
+    op = fmt.stats_op()
+    combine = torch.maximum if op == Op.MAX else torch.add
+    seglen = fmt.segment(r.numel())
+    sums = tree_sum_rows(op_terms(r, op), seglen, combine)
+    scale = fmt.rescue_scale()
+    rescue = None if scale is None else tree_sum_rows(op_terms(r, op, scale), seglen, combine)
+    return Header(fmt, r.numel(), header_values(fmt, sums, rescue), sums, rescue)
+
+
+def encode(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tensor,
+           check=None):
     d = x.numel()
-    r = prologue(fusion, x, state, write=True)
+    r = prologue(fusion, x, state, write=not fmt.packed)
     if fmt.kind == Kind.FP32:
         payload[: 4 * d].view(torch.float32).copy_(r)
         epilogue(fusion, r, r, state)
@@ -120,14 +171,16 @@ def encode(fmt: Format, fusion: Fusion, x, state, seed: int, payload: torch.Tens
             out[lo:hi] = low
             epilogue(fusion, rc, low.float(), {k: t[lo:hi] for k, t in flat.items()})
         return
-    op = fmt.stats_op()
-    sums = tree_sum_rows(r * r if op == Op.SQUARE else r.abs(), fmt.segment(d),
-                         torch.maximum if op == Op.MAX else torch.add)
     fmt = replace(fmt, numel=d)
+    head = header(fmt, r)
+    if check is not None:
+        check(head)  # nothing is written before this
+    if fusion.momentum:
+        prologue(fusion, x, state, write=True)  # the momenta (r is the same)
     words = payload.view(torch.int32)
     nh = fmt.header_words(d)
     u = None
-    stats = header_stats(fmt, sums)
+    stats = header_stats(fmt, head.values)
     for lo in range(0, d, CHUNK):
         hi = min(lo + CHUNK, d)
         codes, c = quantize(fmt, r[lo:hi], stats, seed, lo, None if u is None else u[lo:hi])

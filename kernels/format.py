@@ -21,16 +21,37 @@ QSGD (Alistarh et al.): with ``a = |r| * (S / n_b)``, ``l = floor(a) + [u < a - 
 (clamped to ``S``), field = ``l | neg << L``, ``L = ceil(log2(S + 1))``. ``u`` is element
 ``i``'s uniform of the Philox stream (:func:`.philox.uniform_counter`). A zero bucket has
 ``n_b = 0`` and decodes to zeros. For a tiny norm (``n_b < TINY``, e.g. a subnormal bucket
-maximum) ``S / n_b`` would overflow, so every backend scales first: with ``t = TINY_SCALE``
-if ``n_b < TINY`` else ``1``, ``a = (|r| t) * (S / (n_b t))`` (ssign likewise:
-``1/2 + (r t) * (0.5 / (n t))``); multiplying by a power of two is exact, so ``t = 1``
-changes no bit. Header sums use :mod:`.treesum`'s fixed order; every
-division and square root is correctly rounded; every backend performs the same fp32
-operations in the same order, without contraction into fused multiply-adds.
+maximum) ``S / n_b`` would overflow, and for a huge one (``n_b >= HUGE``) it would be
+subnormal (bits lost), so every backend scales first: with ``t = TINY_SCALE`` if
+``n_b < TINY``, ``HUGE_SCALE`` if ``n_b >= HUGE``, else ``1``,
+``a = (|r| t) * (S / (n_b t))`` (ssign likewise: ``1/2 + (r t) * (0.5 / (n t))``);
+multiplying by a power of two is exact, so ``t = 1`` changes no bit (nor does
+``HUGE_SCALE`` wherever ``S / n_b`` is a normal number). Header sums use :mod:`.treesum`'s
+fixed order; every division and square root is correctly rounded; every backend performs
+the same fp32 operations in the same order, without contraction into fused multiply-adds.
+
+Overflow (finite input, header beyond fp32's exponent range). A sum of squares
+overflows once ``|r|`` reaches about ``1.8e19``, and sign's sum of ``|r|`` can overflow
+although the mean is representable. So each header sum has a rescue: the same tree sum
+(same order) of the terms scaled by the power of two :func:`rescue_scale` (``|r| 2**-32``,
+``(r 2**-80)**2``), finite for any finite fp32 ``r`` and ``d < 2**31``. Per segment, when
+the plain sum is ``+inf`` (and only then, so every other header keeps its bits):
+
+- sign: ``s = (sum' / d) * 2**32``; should that round past ``FP32_MAX`` while ``sum'`` is
+  finite (the true mean is at most ``max |r|``), ``s = FP32_MAX``;
+- ssign, QSGD: ``n = sqrt(sum') * 2**80``; ``inf`` when the true norm exceeds ``FP32_MAX``.
+
+Power-of-two scaling is exact unless a scaled term underflows (a term below ``2**-94``
+of a sum that overflowed: far below its rounding). QSGD then checks its top level: if
+``S * (n_b / S)`` overflows (only ``n_b == FP32_MAX``, for some ``S``), ``n_b`` is lowered by
+one ulp to ``PREV_MAX`` (within the sum's own rounding), so no decoded value is ``inf``. A
+header still ``inf`` after this (a true norm beyond fp32, or an overflowed residual) is
+for the compressor to refuse before anything is written (``gradpack.errors.RangeError``).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -38,9 +59,20 @@ from .bitpack import words_for
 from .treesum import Op
 
 FP16_MAX = 65504.0
+#: the largest finite float32, and the one below it
+FP32_MAX = struct.unpack("<f", struct.pack("<I", 0x7F7FFFFF))[0]
+PREV_MAX = struct.unpack("<f", struct.pack("<I", 0x7F7FFFFE))[0]
 #: norms below this are scaled by ``TINY_SCALE`` before the quantizer divides by them
 TINY = 2.0**-64
 TINY_SCALE = 2.0**64
+#: norms at or above this are scaled by ``HUGE_SCALE`` (``S / n`` would be subnormal)
+HUGE = 2.0**125
+HUGE_SCALE = 2.0**-64
+#: the rescue sums' term scales (:func:`rescue_scale`) and what undoes them on the result
+RESCUE_ABS = 2.0**-32
+RESCUE_SQUARE = 2.0**-80
+UNDO_ABS = 2.0**32  # s = (sum' / d) * UNDO_ABS
+UNDO_SQUARE = 2.0**80  # n = sqrt(sum') * UNDO_SQUARE
 
 
 class Kind(IntEnum):
@@ -87,6 +119,13 @@ class Format:
         if self.maxnorm:
             return Op.MAX
         return Op.ABS if self.kind == Kind.SIGN else Op.SQUARE
+
+    def rescue_scale(self) -> float | None:
+        """The power of two the rescue sum's terms are scaled by (module doc, "Overflow"),
+        or ``None`` where a header cannot overflow (maxima, no header)."""
+        if not self.packed or self.maxnorm:
+            return None
+        return RESCUE_ABS if self.kind == Kind.SIGN else RESCUE_SQUARE
 
     def body_bytes(self, d: int) -> int:
         """Bytes of header plus codes (before alignment padding)."""

@@ -20,6 +20,11 @@ Payload: ``K`` fp32 values in ascending index order, ``r_i * (d / K)`` (unbiased
 ``omega = d/K - 1``) or ``r_i`` (biased, ``alpha = K/d``), then zero padding. With a value
 code (``values``: the caller's pair of functions, e.g. a QSGD quantizer of the ``K``
 values) the payload is that code's instead, and the epilogue uses the values it decodes to.
+
+``r_i * (d / K)`` overflows fp32 for ``|r_i|`` above ``FP32_MAX / (d / K)``: every backend
+gathers the ``K`` values into a buffer of their own and hands them to the caller's
+``check`` before anything is written, so the caller can refuse them (the compressor's
+``RangeError``).
 """
 
 from __future__ import annotations
@@ -98,11 +103,9 @@ def value_scale(d: int, k: int, unbiased: bool) -> float:
     return struct.unpack("f", struct.pack("f", d / k))[0] if unbiased else 1.0
 
 
-#: ``write(vals, payload) -> c_sel``: encode the ``K`` fp32 values into the payload and
-#: return what they decode to (fp32, accumulated from ``0.0`` as a decoder does)
-WriteValues = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``read(row, seed) -> vals``: the ``K`` fp32 values of one payload row
-ReadValues = Callable[[torch.Tensor, int], torch.Tensor]
+#: ``check(vals, idx)``: sees the ``K`` values (``r_i * scale``) and their coordinates before
+#: anything is written (payload or state); may raise (a value that overflowed fp32)
+CheckValues = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 #: ``write(vals, payload) -> c_sel``: encode the ``K`` fp32 values into the payload and
@@ -143,10 +146,11 @@ def indices(seed: int, d: int, k: int, device, backend: str) -> torch.Tensor:
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-           backend: str, write: WriteValues | None = None) -> None:
+           backend: str, write: WriteValues | None = None,
+           check: CheckValues | None = None) -> None:
     """Write the Random-K payload of ``r = prologue(x)`` (values coded by ``write``, fp32
-    by default) and apply the epilogue."""
-    IMPLS(backend).encode(unbiased, k, fusion, x, state, seed, payload, write)
+    by default) and apply the epilogue; ``check`` sees the values first."""
+    IMPLS(backend).encode(unbiased, k, fusion, x, state, seed, payload, write, check)
 
 
 def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,

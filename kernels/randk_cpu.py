@@ -28,7 +28,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from .fusion import Fusion
 from .native import JIT, array, threads
 from .philox_cpu import block, keys
-from .randk import ReadValues, WriteValues, planned_draws, value_scale
+from .randk import CheckValues, ReadValues, WriteValues, planned_draws, value_scale
 from .sparse_cpu import (
     Args,
     accumulator,
@@ -134,7 +134,8 @@ def indices(seed: int, d: int, k: int, device="cpu") -> torch.Tensor:
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x: torch.Tensor, state, seed: int,
-           payload: torch.Tensor, write: WriteValues | None = None) -> None:
+           payload: torch.Tensor, write: WriteValues | None = None,
+           check: CheckValues | None = None) -> None:
     """Twin of :func:`.randk_torch.encode`."""
     x = flat(x)
     d = x.numel()
@@ -144,13 +145,18 @@ def encode(unbiased: bool, k: int, fusion: Fusion, x: torch.Tensor, state, seed:
                          f"{k} values, got {payload.dtype} {tuple(payload.shape)}")
     idx = index_array(seed, d, k)
     args = Args(fusion, x, state)
-    if write is None:
+    direct = write is None and check is None  # unchecked fp32 values: into the payload
+    if direct:
         vals = array(payload[: 4 * k].view(torch.float32))
     else:
         vals_t = torch.empty(k, dtype=torch.float32)
         vals = array(vals_t)
     residual_at(args, idx, value_scale(d, k, unbiased), vals)
+    if check is not None:
+        check(vals_t, torch.from_numpy(idx))  # nothing is written before this
     if write is None:
+        if not direct:
+            array(payload[: 4 * k].view(torch.float32))[:] = vals
         zero(payload[4 * k :])
         c, plus_zero = vals, True
     else:

@@ -7,8 +7,16 @@ import torch
 
 from . import philox_torch
 from .fusion import Fusion
-from .randk import WriteValues, decode_rows, indices_from_draws, value_scale, write_fp32
-from .sparse_torch import residual, scatter_add, sparse_epilogue
+from .fusion_torch import prologue
+from .randk import (
+    CheckValues,
+    WriteValues,
+    decode_rows,
+    indices_from_draws,
+    value_scale,
+    write_fp32,
+)
+from .sparse_torch import scatter_add, sparse_epilogue
 
 
 def bounded(hi: torch.Tensor, lo: torch.Tensor, d: int) -> torch.Tensor:
@@ -32,22 +40,21 @@ def indices(seed: int, d: int, k: int, device="cpu") -> torch.Tensor:
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-                 write: WriteValues | None = None) -> None:
+           write: WriteValues | None = None, check: CheckValues | None = None) -> None:
     d = x.numel()
     idx = indices(seed, d, k, x.device)
-    if fusion.is_identity:
-        r = None
-        vals = x[idx].to(torch.float32)
-    else:
-        r = residual(fusion, x, state)
-        vals = r[idx]
+    r = None if fusion.is_identity else prologue(fusion, x, state, write=False)
+    vals = x[idx].to(torch.float32) if r is None else r[idx]
     scale = value_scale(d, k, unbiased)
     if scale != 1.0:
         vals = vals * torch.tensor(scale, dtype=torch.float32)
+    if check is not None:
+        check(vals, idx)  # nothing is written before this (nor before write's own check)
     c_sel = (write or write_fp32)(vals, payload)
+    if fusion.momentum:
+        prologue(fusion, x, state, write=True)  # the momenta (r is the same)
     if r is not None:
         sparse_epilogue(fusion, r, idx, c_sel, state)
-
 
 
 def decode_sum(k: int, payloads, d: int, seeds, out, scale: float, add: bool,

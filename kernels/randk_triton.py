@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .fusion import Fusion
 from .fusion_triton import fusion_args, load_residual, store_state
-from .randk import WriteValues, decode_rows, indices_from_draws, value_scale
+from .randk import CheckValues, WriteValues, decode_rows, indices_from_draws, value_scale
 from .sparse_triton import scatter_add
 
 BLOCK = 1024
@@ -86,7 +86,7 @@ def indices(seed: int, d: int, k: int, device) -> torch.Tensor:
 
 
 def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
-           write: WriteValues | None = None) -> None:
+           write: WriteValues | None = None, check: CheckValues | None = None) -> None:
     """Twin of :func:`.randk_torch.encode`."""
     d = x.numel()
     idx = indices(seed, d, k, x.device)
@@ -94,15 +94,20 @@ def encode(unbiased: bool, k: int, fusion: Fusion, x, state, seed: int, payload,
     args = fusion_args(fusion)
     v, u, h = (state.get(name, x) for name in ("v", "u", "h"))
     coded = write is not None
-    # fp32 values go straight into the payload; a value code reads them from a buffer
-    vals = torch.empty(k, dtype=torch.float32, device=x.device) if coded else \
-        payload[: 4 * k].view(torch.float32)
+    # unchecked fp32 values go straight into the payload; checked or coded ones via a buffer
+    direct = not coded and check is None
+    vals = payload[: 4 * k].view(torch.float32) if direct else \
+        torch.empty(k, dtype=torch.float32, device=x.device)
     _gather_kernel[(triton.cdiv(k, BLOCK),)](
         x, v, u, h, idx, vals, k, scale=scale, SCALED=scale != 1.0, **args, BLOCK=BLOCK,
         enable_fp_fusion=False)
+    if check is not None:
+        check(vals, idx)  # nothing is written before this
     if coded:
         c_sel = write(vals, payload)
     else:
+        if not direct:
+            payload[: 4 * k].view(torch.float32).copy_(vals)
         payload[4 * k :].zero_()
     if not fusion.is_identity:
         # CODED: the dense decoded c; otherwise a selection mask and c from r in the kernel

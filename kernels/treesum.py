@@ -13,6 +13,9 @@ Zeros added by padding are exact, and each pairwise add rounds once, so every ba
 (:mod:`.treesum_torch`, :mod:`.treesum_triton`, :mod:`.treesum_cpu`) agrees bit for bit.
 ``Op.MAX`` (QSGD's max-norm) combines ``|r|`` with ``max`` in the same tree; a maximum is exact in
 any order, and the zero padding cannot exceed an ``|r|``.
+
+``scale`` (a power of two, :func:`.format.Format.rescue_scale`) multiplies ``r`` before the op:
+the overflow rescue of the header sums, ``|r scale|`` or ``(r scale)**2`` in the same order.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ class Op(IntEnum):
     MAX = 3
 
 
-
 def next_pow2(m: int) -> int:
     return 1 << (m - 1).bit_length()
 
@@ -51,8 +53,9 @@ IMPLS = Table("treesum", torch=".treesum_torch", triton=".treesum_triton", cpu="
 
 
 def segment_sums(fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int,
-                 op: Op, backend: str) -> torch.Tensor:
+                 op: Op, backend: str, scale: float = 1.0) -> torch.Tensor:
     """Tree sums of ``|r|`` (``Op.ABS``) or ``r*r`` (``Op.SQUARE``), or maxima of ``|r|``
-    (``Op.MAX``), over segments of ``seglen`` elements of the residual ``r = prologue(x)``,
-    without touching ``state``: fp32, one value per segment."""
-    return IMPLS(backend).segment_sums(fusion, x, state, seglen, op)
+    (``Op.MAX``), over segments of ``seglen`` elements of the residual ``r = prologue(x)``
+    (times ``scale``, a power of two), without touching ``state``: fp32, one value per
+    segment."""
+    return IMPLS(backend).segment_sums(fusion, x, state, seglen, op, scale)

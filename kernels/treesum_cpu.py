@@ -6,8 +6,9 @@ halved level by level (``x[2i] + x[2i+1]``); a longer one is cut into chunks of
 recursively. :func:`chunk_sums` computes every chunk of every segment (in parallel over
 ranges of chunks, :func:`.native.run_blocks`), each
 from the fusion prologue's residual (:func:`.fusion_cpu.residual`, nothing written), with
-the op (``|r|`` or ``r*r``) fused into the first level; :func:`finish` combines a segment's
-chunk sums serially (there are ``d / CHUNK`` of them). ``Op.MAX`` takes the maximum of
+the op (``|r|`` or ``r*r``) fused into the first level (after the power-of-two ``scale`` of
+the overflow rescue, when it is not 1); :func:`finish` combines a segment's chunk sums
+serially (there are ``d / CHUNK`` of them). ``Op.MAX`` takes the maximum of
 ``|r|`` in one linear scan: a maximum is exact in any order, so it equals the tree's, and
 a NaN anywhere gives NaN as ``torch.maximum`` does.
 """
@@ -26,6 +27,7 @@ from .treesum import CHUNK, Op, chunk_width
 ABS, SQUARE, MAX = int(Op.ABS), int(Op.SQUARE), int(Op.MAX)
 GRAIN = 65536  # fewest elements worth a thread
 _ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
 _NAN = np.float32(np.nan)
 
 
@@ -75,10 +77,10 @@ def chunk_of(r, n, p, op, a, b):
 
 @nb.njit(**JIT)
 def chunk_sums(row0, row1, xf, xh, xkind, v, u, h, d, seglen, p, nchunk, momentum, rcode,
-               keep, take, gamma, op, out):
+               keep, take, gamma, op, scale, out):
     """``out[row]`` for the rows ``row0 .. row1-1`` (row = one chunk of ``p`` elements of
-    one segment): the chunk's tree value of ``op(r)`` over the residual ``r`` (padding
-    counts as zeros)."""
+    one segment): the chunk's tree value of ``op(r * scale)`` over the residual ``r``
+    (padding counts as zeros)."""
     r = np.empty(p, dtype=np.float32)
     a = np.empty(p, dtype=np.float32)
     b = np.empty(max(1, p // 2), dtype=np.float32)
@@ -88,6 +90,9 @@ def chunk_sums(row0, row1, xf, xh, xkind, v, u, h, d, seglen, p, nchunk, momentu
         lo = seg * seglen + pos
         n = max(0, min(p, seglen - pos, d - lo))  # rows past d are all padding
         residual(xf, xh, xkind, v, u, h, lo, n, momentum, rcode, keep, take, gamma, False, r)
+        if scale != _ONE:
+            for j in range(n):
+                r[j] = r[j] * scale
         out[row] = chunk_of(r, n, p, op, a, b)
 
 
@@ -123,9 +128,10 @@ def finish(partial, nseg, nchunk, op, out):
         out[s] = tree_values(partial[s * nchunk :], nchunk, op)
 
 
-def sums_of(xf, xh, xkind, v, u, h, d: int, seglen: int, op: int, fusion_scalars) -> np.ndarray:
-    """Per-segment tree sums (fp32 numpy) of ``op(r)``; the arrays as :func:`chunk_sums`
-    takes them, ``fusion_scalars`` from :func:`.fusion_cpu.scalars`."""
+def sums_of(xf, xh, xkind, v, u, h, d: int, seglen: int, op: int, fusion_scalars,
+            scale: float = 1.0) -> np.ndarray:
+    """Per-segment tree sums (fp32 numpy) of ``op(r * scale)``; the arrays as
+    :func:`chunk_sums` takes them, ``fusion_scalars`` from :func:`.fusion_cpu.scalars`."""
     momentum, rcode, _, keep, take, gamma, _ = fusion_scalars
     nseg = -(-d // seglen)
     p = chunk_width(seglen)
@@ -133,7 +139,7 @@ def sums_of(xf, xh, xkind, v, u, h, d: int, seglen: int, op: int, fusion_scalars
     partial = np.empty(nseg * nchunk, dtype=np.float32)
     run_blocks(chunk_sums, nseg * nchunk, max(1, GRAIN // p), xf, xh, xkind, v, u, h,
                np.int64(d), np.int64(seglen), np.int64(p), np.int64(nchunk), momentum, rcode,
-               keep, take, gamma, np.int64(op), partial)
+               keep, take, gamma, np.int64(op), np.float32(scale), partial)
     if nchunk == 1:
         return partial
     out = np.empty(nseg, dtype=np.float32)
@@ -142,10 +148,11 @@ def sums_of(xf, xh, xkind, v, u, h, d: int, seglen: int, op: int, fusion_scalars
 
 
 def segment_sums(fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int,
-                 op: int) -> torch.Tensor:
+                 op: int, scale: float = 1.0) -> torch.Tensor:
     """Native twin of :func:`.treesum.segment_sums`: tree sums of ``|r|`` (``Op.ABS``) or
     ``r*r`` (``Op.SQUARE``), or maxima of ``|r|`` (``Op.MAX``), over segments of
-    ``seglen`` elements of the residual ``r = prologue(x)``, without touching ``state``."""
+    ``seglen`` elements of the residual ``r = prologue(x)`` (times ``scale``), without
+    touching ``state``."""
     if op not in (ABS, SQUARE, MAX):
         raise ValueError(f"segment_sums: op must be Op.ABS, Op.SQUARE or Op.MAX, got {op!r}")
     if not isinstance(seglen, int) or isinstance(seglen, bool) or seglen < 1:
@@ -156,5 +163,5 @@ def segment_sums(fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor]
     set_threads()
     xf, xh, xkind = sources(x)
     v, u, h = state_arrays(fusion, state)
-    sums = sums_of(xf, xh, xkind, v, u, h, x.numel(), seglen, int(op), scalars(fusion))
+    sums = sums_of(xf, xh, xkind, v, u, h, x.numel(), seglen, int(op), scalars(fusion), scale)
     return torch.from_numpy(sums)

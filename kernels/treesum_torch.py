@@ -39,12 +39,20 @@ def tree_sum_rows(x: torch.Tensor, seglen: int, combine=torch.add) -> torch.Tens
     return tree_sum_rows(partial, nchunk, combine)
 
 
+def op_terms(r: torch.Tensor, op: Op, scale: float = 1.0) -> torch.Tensor:
+    """The terms a segment reduction combines, ``|r s|`` or ``(r s)**2`` (``s = scale``, a
+    power of two: exact unless a term underflows), as a new tensor."""
+    t = r * scale if scale != 1.0 else r
+    return t * t if op == Op.SQUARE else t.abs()
+
+
 def segment_sums(
-    fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int, op: Op
+    fusion: Fusion, x: torch.Tensor, state: dict[str, torch.Tensor], seglen: int, op: Op,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Tree sums of ``|r|`` (``Op.ABS``) or ``r*r`` (``Op.SQUARE``), or maxima of ``|r|``
-    (``Op.MAX``), over segments of the residual ``r = prologue(x)``, without touching
-    ``state``."""
+    (``Op.MAX``), over segments of the residual ``r = prologue(x)`` (times ``scale``),
+    without touching ``state``."""
     r = prologue(fusion, x, state, write=False)
-    vals = r.mul_(r) if op == Op.SQUARE else r.abs_()
-    return tree_sum_rows(vals, seglen, torch.maximum if op == Op.MAX else torch.add)
+    return tree_sum_rows(op_terms(r, op, scale), seglen,
+                         torch.maximum if op == Op.MAX else torch.add)

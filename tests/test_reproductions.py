@@ -111,9 +111,10 @@ def test_dore_converges_linearly_with_over_95_percent_fewer_bits():
 
 def test_dore_default_eta_keeps_error_compensation_stable():
     """With omega = 8 (qsgd:1:64), full compensation eta = 1 violates omega eta^2 < 1 and
-    diverges (the loss is 3e9 f(x0) at step 40, non-finite by 141); the default
-    eta = 1/sqrt(omega+1)
-    = 1/3 converges (loss down >= 1e3x in 200 steps; measured 4e4x)."""
+    diverges (the loss is 3e9 f(x0) at step 40 and keeps growing: about 4e51 f(x0) at step
+    200 now that the compressor's norms cannot overflow, non-finite by step 141 before);
+    the default eta = 1/sqrt(omega+1) = 1/3 converges (loss down >= 1e3x in 200 steps;
+    measured 4e4x)."""
     p = quadratic(n=4, d=64, mu=0.05, sigma=0.0, seed=0)
     x0, lr = p.x0 + 1.0, 1.0 / p.L
     kw = dict(steps=200, lr=lr, loss_fn=p.loss_fn, topology="server")
@@ -121,7 +122,8 @@ def test_dore_default_eta_keeps_error_compensation_stable():
     default = _alg("dore", "qsgd:1:64", gamma=lr)
     assert default.eta_for(64) == pytest.approx(1 / 3)
     h = simulate(default, p.grad_fns, x0, **kw)
-    assert full.diverged_at is not None
+    grown = full.loss[40] > 1e6 * full.loss[0]
+    assert grown and (full.diverged_at is not None or full.loss[-1] > 1e20 * full.loss[40])
     assert h.diverged_at is None and h.loss[-1] < 1e-3 * h.loss[0]
 
 
